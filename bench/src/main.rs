@@ -1,0 +1,2 @@
+//! ferry-bench (being written).
+fn main() {}

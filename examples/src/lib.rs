@@ -1,0 +1,1 @@
+//! ferry-examples: small programs under `src/bin/` that a new user copies from.

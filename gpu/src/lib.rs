@@ -1,0 +1,1 @@
+//! ferry-gpu: the CUDA runtime layer of ferry (being written).
