@@ -1,1 +1,37 @@
-//! ferry-comm (being written).
+//! ferry-comm: the transport layer of ferry.
+//!
+//! One trait, [`Comm`], and its backends. Every collective, the interposer and the GNN trainers
+//! are written against `Comm`, so they run the same over MPI in production and over threads in
+//! fast, deterministic tests.
+//!
+//! | MPI concept                  | ferry                                   |
+//! |------------------------------|-----------------------------------------|
+//! | `MPI_Comm`                   | [`MpiComm`] (any [`Comm`])              |
+//! | `MPI_Init` / `MPI_Finalize`  | [`MpiRuntime::init`] / its drop         |
+//! | `MPI_Send` / `MPI_Recv`      | [`Comm::send`] / [`Comm::recv`]         |
+//! | `MPI_Isend` / `MPI_Irecv`    | [`Scope::isend`] / [`Scope::irecv`] in [`Comm::scope`] |
+//! | `MPI_Request`, `MPI_Wait`    | [`SendRequest`], [`RecvRequest`], `wait` |
+//! | `MPI_ANY_SOURCE`, `MPI_ANY_TAG` | [`Source::Any`], [`TagMatch::Any`]   |
+//! | `MPI_Status`                 | [`Status`]                              |
+//! | `MPI_Comm_split`             | [`Comm::split`]                         |
+//!
+//! Backends: [`MpiComm`] (over the MPI library, under `mpirun`) and [`ThreadComm`] (ranks as
+//! threads). Both pass [`conformance`].
+//!
+//! Not done yet: the multi-rail TCP backend (`TcpComm`) and MPI datatype introspection, which
+//! later issues add.
+
+mod comm;
+pub mod conformance;
+mod error;
+mod log;
+mod mpi;
+mod scope;
+mod thread;
+
+pub use crate::comm::{Comm, Source, Status, Tag, TagMatch};
+pub use crate::error::{Error, Result};
+pub use crate::log::{FERRY_LOG, init_logging};
+pub use crate::mpi::{MpiComm, MpiRequest, MpiRuntime};
+pub use crate::scope::{RecvRequest, Scope, SendRequest, wait_all};
+pub use crate::thread::{ThreadComm, ThreadRequest};

@@ -1,0 +1,225 @@
+//! The `Comm` trait: what every ferry transport backend (MPI, threads, TCP) provides.
+//!
+//! The model is MPI's point-to-point chapter (MPI-3.1 §3) reduced to byte buffers: messages
+//! between ranks of a communicator, matched by (source, tag) in the order receives are posted,
+//! non-overtaking per (source, tag) (§3.5), with any-source and any-tag wildcards, probes,
+//! a barrier and communicator splitting (§6.4.2).
+
+use crate::error::{Error, Result};
+use crate::scope::{self, Scope};
+
+/// A message tag. Legal tags are `0..=Comm::tag_ub()`.
+pub type Tag = i32;
+
+/// Which sender a receive or probe accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Only messages from this rank.
+    Rank(usize),
+    /// Messages from any rank (MPI_ANY_SOURCE).
+    Any,
+}
+
+impl From<usize> for Source {
+    fn from(rank: usize) -> Self {
+        Source::Rank(rank)
+    }
+}
+
+/// Which tags a receive or probe accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TagMatch {
+    /// Only messages with this tag.
+    Tag(Tag),
+    /// Messages with any tag (MPI_ANY_TAG).
+    Any,
+}
+
+impl From<Tag> for TagMatch {
+    fn from(tag: Tag) -> Self {
+        TagMatch::Tag(tag)
+    }
+}
+
+impl TagMatch {
+    /// Whether a message with `tag` matches.
+    pub fn matches(self, tag: Tag) -> bool {
+        match self {
+            TagMatch::Tag(t) => t == tag,
+            TagMatch::Any => true,
+        }
+    }
+}
+
+impl Source {
+    /// Whether a message from `rank` matches.
+    pub fn matches(self, rank: usize) -> bool {
+        match self {
+            Source::Rank(r) => r == rank,
+            Source::Any => true,
+        }
+    }
+}
+
+/// What a completed operation or a probe reports (MPI_Status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// For a receive or probe: the sender. For a send: this rank.
+    pub source: usize,
+    /// The message's tag.
+    pub tag: Tag,
+    /// The message length in bytes (for a receive: the bytes delivered).
+    pub bytes: usize,
+}
+
+/// A communicator: a group of ranks that exchange tagged byte messages.
+///
+/// Implemented by [`crate::MpiComm`] (production, under `mpirun`) and [`crate::ThreadComm`]
+/// (ranks as threads of one process, for fast deterministic tests); all backends pass the suite
+/// in [`crate::conformance`].
+///
+/// Non-blocking operations are started inside [`Comm::scope`], which borrows their buffers
+/// until they complete and waits for any that are still running when it ends, so a buffer can
+/// never be freed or reused under a pending operation. The `*_raw` methods are the backend
+/// hooks underneath; call them only to build such a safe layer.
+///
+/// Bad arguments give typed errors ([`Error::InvalidRank`], [`Error::InvalidTag`],
+/// [`Error::Truncated`]) and never panic or hang.
+pub trait Comm {
+    /// The backend's handle for a pending non-blocking operation.
+    type RawRequest;
+
+    /// This process's rank, in `0..size()`.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// The largest legal tag (MPI_TAG_UB; at least 32767 by the standard).
+    fn tag_ub(&self) -> Tag;
+
+    /// Sends `buf` to `dest` with `tag` and returns when `buf` may be reused (MPI_Send).
+    fn send(&self, dest: usize, tag: Tag, buf: &[u8]) -> Result<()>;
+
+    /// Receives one matching message into `buf` (MPI_Recv).
+    ///
+    /// If the message is longer than `buf`, returns [`Error::Truncated`] and leaves the message
+    /// queued, so a second call with a larger buffer receives it.
+    fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status>;
+
+    /// Waits for a matching message and describes it without receiving it (MPI_Probe).
+    fn probe(&self, source: Source, tag: TagMatch) -> Result<Status>;
+
+    /// Like [`Comm::probe`], but returns `None` at once if no matching message has arrived
+    /// (MPI_Iprobe).
+    fn iprobe(&self, source: Source, tag: TagMatch) -> Result<Option<Status>>;
+
+    /// Returns once every rank has entered the barrier (MPI_Barrier).
+    fn barrier(&self) -> Result<()>;
+
+    /// Splits into sub-communicators, one per `color`, ordered by (`key`, old rank)
+    /// (MPI_Comm_split). A rank that passes `None` takes part but gets no communicator.
+    /// Collective: every rank calls it, in the same order relative to other collectives.
+    fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Self>>
+    where
+        Self: Sized;
+
+    /// Starts sending `len` bytes at `buf` (MPI_Isend).
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid for reads, and must not be written, until the request has
+    /// completed through [`Comm::test_raw`] or [`Comm::wait_raw`].
+    unsafe fn isend_raw(
+        &self,
+        dest: usize,
+        tag: Tag,
+        buf: *const u8,
+        len: usize,
+    ) -> Result<Self::RawRequest>;
+
+    /// Starts receiving into the `len` bytes at `buf` (MPI_Irecv).
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid for writes, and must not be read or written by anyone
+    /// else, until the request has completed through [`Comm::test_raw`] or [`Comm::wait_raw`].
+    unsafe fn irecv_raw(
+        &self,
+        source: Source,
+        tag: TagMatch,
+        buf: *mut u8,
+        len: usize,
+    ) -> Result<Self::RawRequest>;
+
+    /// Returns `Some` once the request has completed (MPI_Test). After `Some` or an error, the
+    /// request is finished and must not be passed here or to `wait_raw` again.
+    fn test_raw(&self, request: &mut Self::RawRequest) -> Result<Option<Status>>;
+
+    /// Blocks until the request completes (MPI_Wait). Afterwards the request is finished.
+    fn wait_raw(&self, request: &mut Self::RawRequest) -> Result<Status>;
+
+    /// Runs `f` with a [`Scope`] in which non-blocking operations borrow their buffers; waits for
+    /// every operation still pending when `f` returns (or panics) before returning.
+    ///
+    /// Returns `f`'s value, or the first error of an operation that `f` left pending.
+    fn scope<'env, F, R>(&'env self, f: F) -> Result<R>
+    where
+        Self: Sized,
+        F: for<'scope> FnOnce(&'scope Scope<'scope, 'env, Self>) -> R,
+    {
+        scope::run(self, f)
+    }
+
+    /// Sends `send` to `dest` and receives one message from `source` into `recv`, without
+    /// deadlock whatever the peers do first (MPI_Sendrecv).
+    fn sendrecv(
+        &self,
+        dest: usize,
+        send_tag: Tag,
+        send: &[u8],
+        source: Source,
+        recv_tag: TagMatch,
+        recv: &mut [u8],
+    ) -> Result<Status>
+    where
+        Self: Sized,
+    {
+        self.scope(|s| {
+            let sent = s.isend(dest, send_tag, send)?;
+            let status = self.recv(source, recv_tag, recv)?;
+            sent.wait()?;
+            Ok(status)
+        })?
+    }
+}
+
+/// Checks a destination rank against a communicator size.
+pub(crate) fn check_rank(rank: usize, size: usize) -> Result<()> {
+    if rank < size {
+        Ok(())
+    } else {
+        Err(Error::InvalidRank { rank, size })
+    }
+}
+
+/// Checks a source selector against a communicator size.
+pub(crate) fn check_source(source: Source, size: usize) -> Result<()> {
+    match source {
+        Source::Rank(r) => check_rank(r, size),
+        Source::Any => Ok(()),
+    }
+}
+
+/// Checks a tag against `0..=tag_ub`.
+pub(crate) fn check_tag(tag: Tag, tag_ub: Tag) -> Result<()> {
+    if (0..=tag_ub).contains(&tag) {
+        Ok(())
+    } else {
+        Err(Error::InvalidTag { tag, tag_ub })
+    }
+}
+
+/// Checks a tag selector against `0..=tag_ub`.
+pub(crate) fn check_tag_match(tag: TagMatch, tag_ub: Tag) -> Result<()> {
+    match tag {
+        TagMatch::Tag(t) => check_tag(t, tag_ub),
+        TagMatch::Any => Ok(()),
+    }
+}
