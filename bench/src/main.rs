@@ -1,2 +1,37 @@
-//! ferry-bench (being written).
-fn main() {}
+//! ferry-bench: one binary, one subcommand per benchmark. Each benchmark checks its result
+//! before it reports, runs its baseline in the same process, prints a table of ratios and can
+//! write one JSON record per case (`--json PATH`).
+//!
+//! Not done yet: `pack`, `halo3d`, `allreduce`, `gather`, `gnn`, `fabric-sim`, `calibrate`; the
+//! issues that build those capabilities add their subcommands here.
+
+mod p2p;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+/// ferry's benchmarks.
+#[derive(Parser)]
+#[command(name = "ferry-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Point-to-point ping-pong through ferry-comm's MpiComm beside plain rsmpi, under mpirun.
+    P2p(p2p::Args),
+}
+
+fn main() {
+    ferry_comm::init_logging();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::P2p(args) => p2p::run(&args),
+    };
+    if let Err(e) = outcome {
+        eprintln!("ferry-bench: {e}");
+        std::process::exit(1);
+    }
+}

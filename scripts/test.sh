@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Passes ferry's tests: setup, `cargo test --workspace`, then the multi-process tests under
+# mpirun at 2, 3 and 4 ranks. Prints a summary and exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || { echo "test: setup failed"; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH"
+# shellcheck source=scripts/mpi-env.sh
+source scripts/mpi-env.sh
+
+passed=0
+failed=0
+failures=()
+log=$(mktemp)
+
+record() { # name, status
+    if [ "$2" -eq 0 ]; then passed=$((passed + 1)); echo "test: ok   $1"
+    else failed=$((failed + 1)); failures+=("$1"); echo "test: FAIL $1"; fi
+}
+
+echo "test: building the workspace"
+if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then
+    echo "test: build failed"; exit 1
+fi
+
+echo "test: cargo test --workspace"
+cargo test --workspace 2>&1 | tee "$log"
+cargo_status=${PIPESTATUS[0]}
+cargo_passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+cargo_failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+passed=$((passed + cargo_passed))
+failed=$((failed + cargo_failed))
+if [ "$cargo_status" -ne 0 ] && [ "$cargo_failed" -eq 0 ]; then
+    failed=$((failed + 1)); failures+=("cargo test (exit $cargo_status)")
+fi
+[ "$cargo_failed" -gt 0 ] && failures+=("cargo test: $cargo_failed failed")
+
+echo "test: multi-process tests under mpirun"
+run_mpi() { # name, ranks, command...
+    local name=$1 np=$2; shift 2
+    echo "test: mpirun -np $np $*"
+    timeout 600 "${MPIRUN[@]}" -np "$np" "$@" 2>&1 | tail -n 40
+    record "$name (mpirun -np $np)" "${PIPESTATUS[0]}"
+}
+for np in 2 3 4; do
+    run_mpi "MpiComm conformance" "$np" target/debug/ferry-comm-conformance
+done
+for np in 2 4; do
+    run_mpi "example ring" "$np" target/debug/ring
+    run_mpi "p2p benchmark checks its data" "$np" \
+        target/debug/ferry-bench p2p --max-bytes 1MiB --iters 20 --reps 1
+done
+
+rm -f "$log"
+echo
+if [ "$failed" -gt 0 ]; then
+    echo "test: failures:"
+    printf '  %s\n' "${failures[@]}"
+fi
+echo "summary: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
