@@ -51,6 +51,11 @@ for np in 2 4; do
         target/debug/ferry-bench p2p --max-bytes 1MiB --iters 20 --reps 1
 done
 
+echo "test: FERRY_LOG=debug prints a span per operation"
+FERRY_LOG=debug timeout 120 "${MPIRUN[@]}" -np 2 target/debug/ring >"$log" 2>&1
+grep -q 'send{rank=0 peer=1 tag=0 bytes=8}' "$log" && grep -q 'recv{rank=1 peer=0 tag=0 bytes=8}' "$log"
+record "FERRY_LOG turns on per-operation tracing" $?
+
 rm -f "$log"
 echo
 if [ "$failed" -gt 0 ]; then

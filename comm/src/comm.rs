@@ -61,6 +61,24 @@ impl Source {
     }
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Rank(r) => write!(f, "{r}"),
+            Source::Any => f.write_str("any"),
+        }
+    }
+}
+
+impl std::fmt::Display for TagMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TagMatch::Tag(t) => write!(f, "{t}"),
+            TagMatch::Any => f.write_str("any"),
+        }
+    }
+}
+
 /// What a completed operation or a probe reports (MPI_Status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {

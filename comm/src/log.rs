@@ -5,6 +5,8 @@
 pub const FERRY_LOG: &str = "FERRY_LOG";
 
 /// Installs a `tracing` subscriber that writes to stderr with the filter from [`FERRY_LOG`].
+/// Each operation's span is printed when it closes, with its fields (rank, peer, tag, bytes)
+/// and the time it took.
 /// Calling it again, or after another subscriber was installed, does nothing.
 pub fn init_logging() {
     use std::sync::Once;
@@ -15,6 +17,8 @@ pub fn init_logging() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .try_init();
     });
 }

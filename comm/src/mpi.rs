@@ -353,7 +353,7 @@ impl Comm for MpiComm {
     }
 
     fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status> {
-        let _span = tracing::debug_span!("recv", rank = self.rank, peer = ?source, tag = ?tag, bytes = buf.len())
+        let _span = tracing::debug_span!("recv", rank = self.rank, peer = %source, tag = %tag, bytes = buf.len())
             .entered();
         check_source(source, self.size)?;
         check_tag_match(tag, self.tag_ub)?;
@@ -395,7 +395,7 @@ impl Comm for MpiComm {
 
     fn probe(&self, source: Source, tag: TagMatch) -> Result<Status> {
         let _span =
-            tracing::debug_span!("probe", rank = self.rank, peer = ?source, tag = ?tag).entered();
+            tracing::debug_span!("probe", rank = self.rank, peer = %source, tag = %tag).entered();
         check_source(source, self.size)?;
         check_tag_match(tag, self.tag_ub)?;
         let s = self.probe_status(source, tag)?;
@@ -506,7 +506,7 @@ impl Comm for MpiComm {
         buf: *mut u8,
         len: usize,
     ) -> Result<MpiRequest> {
-        let _span = tracing::debug_span!("irecv", rank = self.rank, peer = ?source, tag = ?tag, bytes = len).entered();
+        let _span = tracing::debug_span!("irecv", rank = self.rank, peer = %source, tag = %tag, bytes = len).entered();
         check_source(source, self.size)?;
         check_tag_match(tag, self.tag_ub)?;
         let count = count_of(len)?;

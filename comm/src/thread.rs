@@ -417,7 +417,7 @@ impl Comm for ThreadComm {
     }
 
     fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status> {
-        let _span = tracing::debug_span!("recv", rank = self.rank, peer = ?source, tag = ?tag, bytes = buf.len())
+        let _span = tracing::debug_span!("recv", rank = self.rank, peer = %source, tag = %tag, bytes = buf.len())
             .entered();
         check_source(source, self.size())?;
         check_tag_match(tag, self.tag_ub())?;
@@ -426,7 +426,7 @@ impl Comm for ThreadComm {
 
     fn probe(&self, source: Source, tag: TagMatch) -> Result<Status> {
         let _span =
-            tracing::debug_span!("probe", rank = self.rank, peer = ?source, tag = ?tag).entered();
+            tracing::debug_span!("probe", rank = self.rank, peer = %source, tag = %tag).entered();
         check_source(source, self.size())?;
         check_tag_match(tag, self.tag_ub())?;
         Ok(self
@@ -553,7 +553,7 @@ impl Comm for ThreadComm {
         buf: *mut u8,
         len: usize,
     ) -> Result<ThreadRequest> {
-        let _span = tracing::debug_span!("irecv", rank = self.rank, peer = ?source, tag = ?tag, bytes = len).entered();
+        let _span = tracing::debug_span!("irecv", rank = self.rank, peer = %source, tag = %tag, bytes = len).entered();
         check_source(source, self.size())?;
         check_tag_match(tag, self.tag_ub())?;
         let mut engine = self.engine.borrow_mut();
