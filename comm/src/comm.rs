@@ -119,8 +119,9 @@ pub trait Comm {
 
     /// Receives one matching message into `buf` (MPI_Recv).
     ///
-    /// If the message is longer than `buf`, returns [`Error::Truncated`] and leaves the message
-    /// queued, so a second call with a larger buffer receives it.
+    /// As in MPI (§3.2.4), a message longer than `buf` is an error: [`Error::Truncated`], with
+    /// the message consumed and its first `buf.len()` bytes delivered. To receive a message of
+    /// unknown length without that risk, use [`Comm::recv_vec`] (or [`Comm::probe`] first).
     fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status>;
 
     /// Waits for a matching message and describes it without receiving it (MPI_Probe).
@@ -183,6 +184,25 @@ pub trait Comm {
         F: for<'scope> FnOnce(&'scope Scope<'scope, 'env, Self>) -> R,
     {
         scope::run(self, f)
+    }
+
+    /// Receives one matching message whole, whatever its length: probes for it, then receives
+    /// exactly the probed (source, tag) into a new vector of its size. Non-overtaking order
+    /// (MPI-3.1 §3.5) makes that the probed message as long as one thread receives on this
+    /// communicator.
+    fn recv_vec(&self, source: Source, tag: TagMatch) -> Result<(Status, Vec<u8>)>
+    where
+        Self: Sized,
+    {
+        let probed = self.probe(source, tag)?;
+        let mut buf = vec![0u8; probed.bytes];
+        let status = self.recv(
+            Source::Rank(probed.source),
+            TagMatch::Tag(probed.tag),
+            &mut buf,
+        )?;
+        buf.truncate(status.bytes);
+        Ok((status, buf))
     }
 
     /// Sends `send` to `dest` and receives one message from `source` into `recv`, without

@@ -27,10 +27,8 @@ pub enum Error {
     },
     /// The message is longer than the receive buffer (MPI_ERR_TRUNCATE).
     ///
-    /// A blocking [`crate::Comm::recv`] returns this *before* taking the message, so nothing is
-    /// lost: receive it again with a larger buffer. A non-blocking receive learns it only on
-    /// completion; as in MPI, that message is then consumed and the first `buffer_bytes` of it
-    /// are in the buffer.
+    /// As in MPI, the message is consumed and its first `buffer_bytes` are in the buffer.
+    /// [`crate::Comm::recv_vec`] receives messages of unknown length without this risk.
     #[error(
         "message truncated: {} does not fit the {buffer_bytes}-byte receive buffer (from rank {source_rank}, tag {tag})",
         match message_bytes { Some(n) => format!("a message of {n} bytes"), None => "the message".to_string() }

@@ -7,6 +7,9 @@
 //! and ends MPI ([`MpiRuntime`]); the calls themselves go through `mpi::ffi` because rsmpi's
 //! safe calls do not return MPI error codes.
 //!
+//! A receive posts straight into the caller's buffer (no probe first), so a message that
+//! arrives later takes MPI's fast pre-posted path; see [`Comm::recv`] for truncation.
+//!
 //! Not done yet: messages over `i32::MAX` bytes are refused with [`Error::TooLarge`] rather than
 //! split; the handle is neither `Send` nor `Sync`.
 
@@ -72,7 +75,9 @@ impl MpiRuntime {
 
     /// The MPI library's version string (MPI_Get_library_version).
     pub fn library_version(&self) -> String {
-        mpi::environment::library_version().unwrap_or_else(|_| "unknown".into())
+        mpi::environment::library_version()
+            .map(|v| v.trim_end_matches(['\0', ' ', '\n']).to_string())
+            .unwrap_or_else(|_| "unknown".into())
     }
 }
 
@@ -277,24 +282,41 @@ impl MpiComm {
                 })
             }
             RequestKind::Recv { bytes } => {
-                if code != ffi::MPI_SUCCESS as c_int {
-                    if error_class(code) == ffi::MPI_ERR_TRUNCATE as c_int {
-                        return Err(Error::Truncated {
-                            message_bytes: None,
-                            buffer_bytes: bytes,
-                            source_rank: status.MPI_SOURCE.max(0) as usize,
-                            tag: status.MPI_TAG,
-                        });
-                    }
-                    check("MPI_Wait (receive)", code)?;
-                }
-                Ok(Status {
-                    source: status.MPI_SOURCE as usize,
-                    tag: status.MPI_TAG,
-                    bytes: status_bytes(status),
-                })
+                self.finish_recv("MPI_Wait (receive)", bytes, code, status)
             }
         }
+    }
+
+    /// Turns a receive's return code and status into a `Status` or a typed error.
+    fn finish_recv(
+        &self,
+        call: &'static str,
+        buffer_bytes: usize,
+        code: c_int,
+        status: &ffi::MPI_Status,
+    ) -> Result<Status> {
+        if code != ffi::MPI_SUCCESS as c_int {
+            let class = error_class(code);
+            let in_status = if class == ffi::MPI_ERR_IN_STATUS as c_int {
+                error_class(status.MPI_ERROR)
+            } else {
+                class
+            };
+            if in_status == ffi::MPI_ERR_TRUNCATE as c_int {
+                return Err(Error::Truncated {
+                    message_bytes: None,
+                    buffer_bytes,
+                    source_rank: status.MPI_SOURCE.max(0) as usize,
+                    tag: status.MPI_TAG,
+                });
+            }
+            check(call, code)?;
+        }
+        Ok(Status {
+            source: status.MPI_SOURCE as usize,
+            tag: status.MPI_TAG,
+            bytes: status_bytes(status),
+        })
     }
 }
 
@@ -357,40 +379,23 @@ impl Comm for MpiComm {
             .entered();
         check_source(source, self.size)?;
         check_tag_match(tag, self.tag_ub)?;
-        // 1. Probe, so an over-long message is reported before it is taken (nothing is lost).
-        // 2. Receive exactly the probed (source, tag); non-overtaking order (MPI-3.1 §3.5)
-        //    makes that the same message when one thread receives on this communicator.
-        let probed = self.probe_status(source, tag)?;
-        let bytes = status_bytes(&probed);
-        if bytes > buf.len() {
-            return Err(Error::Truncated {
-                message_bytes: Some(bytes),
-                buffer_bytes: buf.len(),
-                source_rank: probed.MPI_SOURCE as usize,
-                tag: probed.MPI_TAG,
-            });
-        }
         let count = count_of(buf.len())?;
-        let mut status = MaybeUninit::<ffi::MPI_Status>::uninit();
+        let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
         // SAFETY: `buf` is valid for writes of `count` bytes during this blocking call.
-        check("MPI_Recv", unsafe {
+        let code = unsafe {
             ffi::MPI_Recv(
                 buf.as_mut_ptr().cast(),
                 count,
                 byte_type(),
-                probed.MPI_SOURCE,
-                probed.MPI_TAG,
+                source_raw(source),
+                tag_raw(tag),
                 self.raw,
                 status.as_mut_ptr(),
             )
-        })?;
-        // SAFETY: MPI_Recv succeeded and filled the status.
+        };
+        // SAFETY: zero-initialised and possibly filled by MPI; every field is a plain integer.
         let status = unsafe { status.assume_init() };
-        Ok(Status {
-            source: status.MPI_SOURCE as usize,
-            tag: status.MPI_TAG,
-            bytes: status_bytes(&status),
-        })
+        self.finish_recv("MPI_Recv", buf.len(), code, &status)
     }
 
     fn probe(&self, source: Source, tag: TagMatch) -> Result<Status> {

@@ -191,7 +191,8 @@ impl ThreadComm {
             })
     }
 
-    /// Blocking receive on context `ctx`; leaves an over-long message queued.
+    /// Blocking receive on context `ctx`. An over-long message is consumed and its prefix
+    /// delivered, as in MPI.
     fn recv_on(
         &self,
         ctx: u64,
@@ -204,7 +205,9 @@ impl ThreadComm {
         loop {
             engine.drain(false);
             if let Some(i) = engine.find_unexpected(ctx, source, tag) {
-                let m = &engine.unexpected[i];
+                let m = engine.unexpected.remove(i);
+                let n = m.data.len().min(buf.len());
+                buf[..n].copy_from_slice(&m.data[..n]);
                 if m.data.len() > buf.len() {
                     return Err(Error::Truncated {
                         message_bytes: Some(m.data.len()),
@@ -213,12 +216,10 @@ impl ThreadComm {
                         tag: m.tag,
                     });
                 }
-                let m = engine.unexpected.remove(i);
-                buf[..m.data.len()].copy_from_slice(&m.data);
                 return Ok(Status {
                     source: m.source,
                     tag: m.tag,
-                    bytes: m.data.len(),
+                    bytes: n,
                 });
             }
             engine.check_gone(source, &self.group, what)?;

@@ -15,11 +15,14 @@ use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use crate::error::{self, DriverResultExt, GpuError, Result};
 use crate::stream::Stream;
 
-/// `len` elements of `T` in device memory.
+/// `len` elements of `T` in device memory. A zero-length buffer allocates nothing and has
+/// device pointer 0.
 pub struct DeviceBuffer<T> {
-    pub(crate) slice: CudaSlice<T>,
+    /// `None` when the buffer is empty: the driver refuses zero-byte allocations.
+    pub(crate) slice: Option<CudaSlice<T>>,
     stream: Stream,
     ptr: u64,
+    len: usize,
 }
 
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
@@ -27,38 +30,42 @@ impl<T> std::fmt::Debug for DeviceBuffer<T> {
         f.debug_struct("DeviceBuffer")
             .field("ordinal", &self.stream.gpu().ordinal())
             .field("device_ptr", &format_args!("{:#x}", self.ptr))
-            .field("len", &self.slice.len())
+            .field("len", &self.len)
             .field("elem", &std::any::type_name::<T>())
             .finish()
     }
 }
 
 impl<T> DeviceBuffer<T> {
-    fn wrap(slice: CudaSlice<T>, stream: &Stream) -> Self {
-        let ptr = {
-            let (ptr, _record) = slice.device_ptr(slice.stream());
-            ptr
+    fn wrap(slice: Option<CudaSlice<T>>, stream: &Stream) -> Self {
+        let (ptr, len) = match &slice {
+            Some(s) => {
+                let (ptr, _record) = s.device_ptr(s.stream());
+                (ptr, s.len())
+            }
+            None => (0, 0),
         };
         DeviceBuffer {
             slice,
             stream: stream.clone(),
             ptr,
+            len,
         }
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.slice.len()
+        self.len
     }
 
     /// True when the buffer has no elements.
     pub fn is_empty(&self) -> bool {
-        self.slice.is_empty()
+        self.len == 0
     }
 
     /// Size in bytes.
     pub fn num_bytes(&self) -> usize {
-        self.slice.num_bytes()
+        self.len * size_of::<T>()
     }
 
     /// The device address of the first element, for kernel arguments and pointer classification.
@@ -80,20 +87,27 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
     where
         T: ValidAsZeroBits,
     {
-        let bytes = len.saturating_mul(size_of::<T>());
+        if len == 0 {
+            return Ok(Self::wrap(None, stream));
+        }
+        let bytes = checked_bytes::<T>(len)?;
         let slice = stream
             .inner
             .alloc_zeros::<T>(len)
             .map_err(|e| error::alloc(bytes, e))?;
-        Ok(Self::wrap(slice, stream))
+        Ok(Self::wrap(Some(slice), stream))
     }
 
     pub(crate) fn from_host(stream: &Stream, src: &[T]) -> Result<Self> {
+        if src.is_empty() {
+            return Ok(Self::wrap(None, stream));
+        }
         let bytes = std::mem::size_of_val(src);
         // SAFETY: the memory is left unset here and filled by the copy right below before
         // anyone can read it; on a failed copy the buffer is dropped unread.
-        let slice = unsafe { stream.inner.alloc::<T>(src.len()) }.map_err(|e| error::alloc(bytes, e))?;
-        let mut buf = Self::wrap(slice, stream);
+        let slice =
+            unsafe { stream.inner.alloc::<T>(src.len()) }.map_err(|e| error::alloc(bytes, e))?;
+        let mut buf = Self::wrap(Some(slice), stream);
         buf.copy_htod(src)?;
         Ok(buf)
     }
@@ -110,12 +124,13 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
                 ),
             });
         }
-        if src.is_empty() {
+        let Some(slice) = self.slice.as_mut().filter(|_| !src.is_empty()) else {
             return Ok(());
-        }
-        let stream = &self.stream.inner;
-        stream
-            .memcpy_htod(src, &mut self.slice)
+        };
+        let mut view = slice.slice_mut(0..src.len());
+        self.stream
+            .inner
+            .memcpy_htod(src, &mut view)
             .during("cuMemcpyHtoDAsync")?;
         self.stream.synchronize()
     }
@@ -132,12 +147,12 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
                 ),
             });
         }
-        if dst.is_empty() {
+        let Some(slice) = self.slice.as_ref().filter(|_| !dst.is_empty()) else {
             return Ok(());
-        }
-        let stream = &self.stream.inner;
-        let view = self.slice.slice(0..dst.len());
-        stream
+        };
+        let view = slice.slice(0..dst.len());
+        self.stream
+            .inner
             .memcpy_dtoh(&view, dst)
             .during("cuMemcpyDtoHAsync")?;
         self.stream.synchronize()
@@ -145,13 +160,13 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 
     /// Copies the whole buffer into a new `Vec`; blocks until the copy is done.
     pub fn clone_dtoh(&self) -> Result<Vec<T>> {
-        if self.is_empty() {
+        let Some(slice) = self.slice.as_ref() else {
             return Ok(Vec::new());
-        }
+        };
         let v = self
             .stream
             .inner
-            .clone_dtoh(&self.slice)
+            .clone_dtoh(slice)
             .during("cuMemcpyDtoHAsync")?;
         self.stream.synchronize()?;
         Ok(v)
@@ -169,13 +184,25 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
                 ),
             });
         }
-        if src.is_empty() {
+        let (Some(from), Some(to)) = (src.slice.as_ref(), self.slice.as_mut()) else {
             return Ok(());
-        }
-        let stream = &self.stream.inner;
-        stream
-            .memcpy_dtod(&src.slice, &mut self.slice)
+        };
+        self.stream
+            .inner
+            .memcpy_dtod(from, to)
             .during("cuMemcpyDtoDAsync")?;
         self.stream.synchronize()
     }
+}
+
+/// `len * size_of::<T>()`, or an error when it overflows `isize`.
+pub(crate) fn checked_bytes<T>(len: usize) -> Result<usize> {
+    len.checked_mul(size_of::<T>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| GpuError::InvalidArgument {
+            what: format!(
+                "{len} elements of {} do not fit in memory",
+                std::any::type_name::<T>()
+            ),
+        })
 }

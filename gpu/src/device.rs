@@ -86,9 +86,7 @@ impl Gpu {
         let inner = loader::guard("opening the device", || {
             let ctx = CudaContext::new(ordinal).during("cuDevicePrimaryCtxRetain")?;
             let name = ctx.name().during("cuDeviceGetName")?;
-            let (major, minor) = ctx
-                .compute_capability()
-                .during("cuDeviceGetAttribute")?;
+            let (major, minor) = ctx.compute_capability().during("cuDeviceGetAttribute")?;
             let total_memory = ctx.total_mem().during("cuDeviceTotalMem")?;
             Ok(Arc::new(GpuInner {
                 ctx,
@@ -147,7 +145,10 @@ impl Gpu {
     /// A device attribute (see `CUdevice_attribute` in the
     /// [driver docs](https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__DEVICE.html)).
     pub(crate) fn attribute(&self, attr: dsys::CUdevice_attribute) -> Result<i32> {
-        self.inner.ctx.attribute(attr).during("cuDeviceGetAttribute")
+        self.inner
+            .ctx
+            .attribute(attr)
+            .during("cuDeviceGetAttribute")
     }
 
     /// The number of streaming multiprocessors.

@@ -70,8 +70,14 @@ pub type Result<T, E = GpuError> = std::result::Result<T, E>;
 
 /// Formats a driver error as `NAME: description`, falling back to the numeric code.
 pub(crate) fn describe(err: DriverError) -> String {
-    let name = err.error_name().ok().map(|s| s.to_string_lossy().into_owned());
-    let text = err.error_string().ok().map(|s| s.to_string_lossy().into_owned());
+    let name = err
+        .error_name()
+        .ok()
+        .map(|s| s.to_string_lossy().into_owned());
+    let text = err
+        .error_string()
+        .ok()
+        .map(|s| s.to_string_lossy().into_owned());
     match (name, text) {
         (Some(n), Some(t)) => format!("{n}: {t}"),
         (Some(n), None) => n,

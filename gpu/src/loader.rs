@@ -24,25 +24,40 @@ use cudarc::driver::{result as dresult, sys as dsys};
 
 use crate::error::{GpuError, Result};
 
+/// Runs `f`, returning the panic message if it panicked.
+fn catch<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
 /// Runs `f`, turning a panic inside cudarc (a library or symbol that could not be loaded)
 /// into [`GpuError::NoDriver`] with the panic message.
 pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(GpuError::NoDriver {
-                detail: format!(
-                    "{what}: the CUDA driver library could not be used ({msg}); \
-                     the installed NVIDIA driver may be older than CUDA 13"
-                ),
-            })
-        }
-    }
+    catch(f).unwrap_or_else(|msg| {
+        Err(GpuError::NoDriver {
+            detail: format!(
+                "{what}: the CUDA driver library could not be used ({msg}); \
+                 the installed NVIDIA driver may be older than CUDA 13"
+            ),
+        })
+    })
+}
+
+/// Like [`guard`] for NVRTC calls: a panic becomes [`GpuError::NoCompiler`].
+pub(crate) fn guard_nvrtc<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch(f).unwrap_or_else(|msg| {
+        Err(GpuError::NoCompiler {
+            detail: format!(
+                "{what}: the NVRTC library could not be used ({msg}); \
+                 it may be older than CUDA 13"
+            ),
+        })
+    })
 }
 
 /// Makes sure the driver library is loadable and `cuInit` succeeded. Cached for the process.
@@ -97,11 +112,11 @@ fn init_error(e: dresult::DriverError) -> GpuError {
                 "only the CUDA stub library was found, not a real NVIDIA driver ({message})"
             ),
         },
-        R::CUDA_ERROR_INSUFFICIENT_DRIVER
-        | R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
-        | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => GpuError::NoDriver {
-            detail: format!("the NVIDIA driver cannot be used ({message})"),
-        },
+        R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => {
+            GpuError::NoDriver {
+                detail: format!("the NVIDIA driver cannot be used ({message})"),
+            }
+        }
         _ => GpuError::NoDriver {
             detail: format!("cuInit failed ({message})"),
         },

@@ -60,7 +60,10 @@ impl Stream {
     }
 
     /// Allocates `len` zeroed elements on this device; the buffer's copies run on this stream.
-    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<DeviceBuffer<T>> {
         DeviceBuffer::zeros(self, len)
     }
 
@@ -125,6 +128,8 @@ impl Event {
     /// Resolution is about half a microsecond. Call it as `start.elapsed_ms(&end)` or
     /// `Event::elapsed_ms(&start, &end)`.
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
-        self.inner.elapsed_ms(&end.inner).during("cuEventElapsedTime")
+        self.inner
+            .elapsed_ms(&end.inner)
+            .during("cuEventElapsedTime")
     }
 }
