@@ -45,11 +45,35 @@ run_mpi() { # name, ranks, command...
 for np in 2 3 4; do
     run_mpi "MpiComm conformance" "$np" target/debug/ferry-comm-conformance
 done
+run_mpi "ferry's pack/unpack equals MPI_Pack/MPI_Unpack on 20000 random types" 1 \
+    target/debug/ferry-datatype-check --seeds 20000
 for np in 2 4; do
     run_mpi "example ring" "$np" target/debug/ring
     run_mpi "p2p benchmark checks its data" "$np" \
         target/debug/ferry-bench p2p --max-bytes 1MiB --iters 20 --reps 1
 done
+
+echo "test: C programs, without and with the interposer preloaded"
+mkdir -p target/c
+lib="$PWD/target/debug/libferry_mpi.so"
+if mpicc -O2 -Wall -o target/c/ddt_exchange comm/interpose/tests/c/ddt_exchange.c \
+    && mpicc -O2 -Wall -o target/c/halo3d examples/halo3d.c; then
+    for np in 2 4; do
+        run_mpi "ddt_exchange" "$np" target/c/ddt_exchange
+        run_mpi "ddt_exchange under libferry_mpi.so" "$np" -x LD_PRELOAD="$lib" -x FERRY_LOG=info target/c/ddt_exchange
+        run_mpi "halo3d" "$np" target/c/halo3d 12 2 2 3
+        run_mpi "halo3d under libferry_mpi.so" "$np" -x LD_PRELOAD="$lib" target/c/halo3d 12 2 2 3
+    done
+    # The interposer must really have packed (not silently passed everything through).
+    FERRY_LOG=info timeout 120 "${MPIRUN[@]}" -np 2 -x LD_PRELOAD="$lib" -x FERRY_LOG target/c/ddt_exchange >"$log" 2>&1
+    grep -Eq 'ferry interposer summary handled=[1-9]' "$log"
+    record "the interposer handles derived types itself" $?
+    FERRY_INTERPOSE=off FERRY_LOG=info timeout 120 "${MPIRUN[@]}" -np 2 -x LD_PRELOAD="$lib" -x FERRY_LOG -x FERRY_INTERPOSE target/c/ddt_exchange >"$log" 2>&1
+    ! grep -q 'ferry interposer summary' "$log" && grep -q '0 failures' "$log"
+    record "FERRY_INTERPOSE=off passes everything through" $?
+else
+    record "mpicc builds the C programs" 1
+fi
 
 echo "test: FERRY_LOG=debug prints a span per operation"
 FERRY_LOG=debug timeout 120 "${MPIRUN[@]}" -np 2 target/debug/ring >"$log" 2>&1

@@ -2,10 +2,11 @@
 //! before it reports, runs its baseline in the same process, prints a table of ratios and can
 //! write one JSON record per case (`--json PATH`).
 //!
-//! Not done yet: `pack`, `halo3d`, `allreduce`, `gather`, `gnn`, `fabric-sim`, `calibrate`; the
+//! Not done yet: `halo3d`, `pingpong-ddt`, `allreduce`, `gather`, `gnn`, `fabric-sim`, `calibrate`; the
 //! issues that build those capabilities add their subcommands here.
 
 mod p2p;
+mod pack;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Point-to-point ping-pong through ferry-comm's MpiComm beside plain rsmpi, under mpirun.
     P2p(p2p::Args),
+    /// ferry's pack/unpack beside Open MPI's MPI_Pack/MPI_Unpack on application datatypes.
+    Pack(pack::Args),
 }
 
 fn main() {
@@ -29,6 +32,7 @@ fn main() {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::P2p(args) => p2p::run(&args),
+        Command::Pack(args) => pack::run(&args),
     };
     if let Err(e) = outcome {
         eprintln!("ferry-bench: {e}");

@@ -23,6 +23,7 @@
 
 mod comm;
 pub mod conformance;
+pub mod datatype;
 mod error;
 mod log;
 mod mpi;
