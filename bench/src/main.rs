@@ -2,11 +2,12 @@
 //! before it reports, runs its baseline in the same process, prints a table of ratios and can
 //! write one JSON record per case (`--json PATH`).
 //!
-//! Not done yet: `halo3d`, `pingpong-ddt`, `allreduce`, `gather`, `gnn`, `fabric-sim`, `calibrate`; the
+//! Not done yet: `halo3d`, `allreduce`, `gather`, `gnn`, `fabric-sim`, `calibrate`; the
 //! issues that build those capabilities add their subcommands here.
 
 mod p2p;
 mod pack;
+mod pingpong_ddt;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     P2p(p2p::Args),
     /// ferry's pack/unpack beside Open MPI's MPI_Pack/MPI_Unpack on application datatypes.
     Pack(pack::Args),
+    /// Derived-type ping-pong through Open MPI and through libferry_mpi.so, beside contiguous.
+    PingpongDdt(pingpong_ddt::Args),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
     let outcome = match cli.command {
         Command::P2p(args) => p2p::run(&args),
         Command::Pack(args) => pack::run(&args),
+        Command::PingpongDdt(args) => pingpong_ddt::run(&args),
     };
     if let Err(e) = outcome {
         eprintln!("ferry-bench: {e}");

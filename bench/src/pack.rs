@@ -100,7 +100,7 @@ fn lcg(state: &mut u64) -> u64 {
 }
 
 /// The cases: (name, recipe, count).
-fn cases(scale: f64) -> Vec<(String, Box<Recipe>, usize)> {
+pub(crate) fn cases(scale: f64) -> Vec<(String, Box<Recipe>, usize)> {
     let s = |n: usize| ((n as f64 * scale.cbrt()).round() as usize).max(2);
     let mut v: Vec<(String, Box<Recipe>, usize)> = Vec::new();
     // WRF: 3D float fields A[z][y][x] with halo width 3 (ddtbench WRF_x/y_vec and _sa).

@@ -10,8 +10,11 @@
 //! These calls go through `PMPI_*`, so the introspection never re-enters an interposer
 //! (including ferry's own) that wraps MPI_Type_free.
 //!
-//! Not done yet: predefined pair types whose bytes are not contiguous (MPI_SHORT_INT,
-//! MPI_LONG_DOUBLE_INT) are unsupported; external32 is left to the library.
+//! Predefined types carry their alignment, and the pair types (MPI_DOUBLE_INT, ...) are
+//! described as the structs they are, so structs built on them pad as Open MPI pads them.
+//!
+//! Not done yet: external32 is left to the library; Fortran pair types are checked only
+//! through the extents comparison.
 
 use std::ffi::c_int;
 
@@ -192,8 +195,53 @@ unsafe fn decode(datatype: ffi::MPI_Datatype, depth: usize) -> Result<Type, Data
     build(combiner, &ints, &addrs, &children)
 }
 
-/// A predefined type: contiguous bytes, possibly with an extent other than its size.
+/// The address of one of Open MPI's predefined datatype objects, which is its handle.
+macro_rules! predefined {
+    ($name:ident) => {
+        (&raw mut ffi::$name).cast::<ffi::ompi_datatype_t>()
+    };
+}
+
+/// Predefined types whose alignment is not their size capped at 8 (measured on Open MPI 4.1.4;
+/// it matters for the padding of structs built on them).
+fn unusual_alignment(handle: ffi::MPI_Datatype) -> Option<usize> {
+    let h = handle.0;
+    if h == predefined!(ompi_mpi_long_double) || h == predefined!(ompi_mpi_c_long_double_complex) {
+        Some(16)
+    } else if h == predefined!(ompi_mpi_c_float_complex)
+        || h == predefined!(ompi_mpi_2int)
+        || h == predefined!(ompi_mpi_float_int)
+    {
+        Some(4)
+    } else {
+        None
+    }
+}
+
+/// Predefined pair types (MPI-3.1 §5.9.4) described as the structs they are, so that bounds and
+/// padding follow Open MPI: (first member size, its alignment, offset of the int).
+fn pair_layout(handle: ffi::MPI_Datatype) -> Option<(usize, usize, isize)> {
+    let h = handle.0;
+    if h == predefined!(ompi_mpi_double_int) {
+        Some((8, 8, 8))
+    } else if h == predefined!(ompi_mpi_long_int) {
+        Some((8, 8, 8))
+    } else if h == predefined!(ompi_mpi_short_int) {
+        Some((2, 2, 4))
+    } else if h == predefined!(ompi_mpi_longdbl_int) {
+        Some((16, 16, 16))
+    } else {
+        None
+    }
+}
+
+/// A predefined type: contiguous bytes with its alignment, or a pair type as a struct.
 unsafe fn named(datatype: ffi::MPI_Datatype) -> Result<Type, DatatypeError> {
+    let unsupported = |err: ferry_datatypes::TypeError| DatatypeError::Unsupported(err.to_string());
+    if let Some((first, align, int_at)) = pair_layout(datatype) {
+        let a = Type::named_aligned(first, align).map_err(unsupported)?;
+        return Type::struct_(&[1, 1], &[0, int_at], &[a, Type::named(4)]).map_err(unsupported);
+    }
     // SAFETY: valid handle (caller).
     let e = unsafe { mpi_extents(datatype)? };
     if e.size < 0 || e.true_extent != e.size || e.true_lb != 0 {
@@ -202,11 +250,15 @@ unsafe fn named(datatype: ffi::MPI_Datatype) -> Result<Type, DatatypeError> {
             e.size, e.true_lb, e.true_extent
         )));
     }
-    let t = Type::named(e.size as usize);
+    let size = e.size as usize;
+    let t = match unusual_alignment(datatype) {
+        Some(align) => Type::named_aligned(size, align).map_err(unsupported)?,
+        None => Type::named(size),
+    };
     if e.lb == 0 && e.extent == e.size {
         Ok(t)
     } else {
-        Type::resized(e.lb, e.extent, &t).map_err(|err| DatatypeError::Unsupported(err.to_string()))
+        Type::resized(e.lb, e.extent, &t).map_err(unsupported)
     }
 }
 
@@ -806,11 +858,62 @@ impl MpiType {
 impl Drop for MpiType {
     fn drop(&mut self) {
         if self.derived && !mpi::environment::is_finalized() {
-            // SAFETY: a derived type this value owns.
-            let rc = unsafe { ffi::PMPI_Type_free(&mut self.handle) };
+            // SAFETY: a derived type this value owns (freed through MPI_Type_free, as committed).
+            let rc = unsafe { ffi::MPI_Type_free(&mut self.handle) };
             if rc != ffi::MPI_SUCCESS as c_int {
                 tracing::warn!(code = rc, "MPI_Type_free failed");
             }
         }
+    }
+}
+
+#[cfg(feature = "testing")]
+impl MpiType {
+    /// MPI_Send of `count` elements at `buf` on MPI_COMM_WORLD. This calls `MPI_Send`, not
+    /// `PMPI_Send`, so an interposer such as libferry_mpi.so sees it.
+    ///
+    /// # Safety
+    /// `buf` must be valid for reads over the type's footprint for `count` elements.
+    pub unsafe fn send(
+        &self,
+        buf: *const u8,
+        count: usize,
+        dest: i32,
+        tag: i32,
+    ) -> Result<(), DatatypeError> {
+        let n = c_int::try_from(count)
+            .map_err(|_| DatatypeError::Unsupported("count too large".into()))?;
+        // SAFETY: caller contract for `buf`.
+        check("MPI_Send", unsafe {
+            ffi::MPI_Send(buf.cast(), n, self.handle, dest, tag, ffi::RSMPI_COMM_WORLD)
+        })
+    }
+
+    /// MPI_Recv of up to `count` elements into `buf` on MPI_COMM_WORLD (through `MPI_Recv`, so
+    /// an interposer sees it).
+    ///
+    /// # Safety
+    /// `buf` must be valid for writes over the type's footprint for `count` elements.
+    pub unsafe fn recv(
+        &self,
+        buf: *mut u8,
+        count: usize,
+        source: i32,
+        tag: i32,
+    ) -> Result<(), DatatypeError> {
+        let n = c_int::try_from(count)
+            .map_err(|_| DatatypeError::Unsupported("count too large".into()))?;
+        // SAFETY: caller contract for `buf`; the status is ignored.
+        check("MPI_Recv", unsafe {
+            ffi::MPI_Recv(
+                buf.cast(),
+                n,
+                self.handle,
+                source,
+                tag,
+                ffi::RSMPI_COMM_WORLD,
+                ffi::RSMPI_STATUS_IGNORE,
+            )
+        })
     }
 }

@@ -60,6 +60,17 @@ fn main() {
             }
         }
     }
+    let predefined = check_predefined();
+    failures += predefined.iter().filter(|r| r.is_err()).count();
+    for r in &predefined {
+        if let Err(e) = r {
+            eprintln!("FAIL predefined: {e}");
+        }
+    }
+    println!(
+        "ferry-datatype-check: {} structs of predefined and pair types read and packed like MPI",
+        predefined.len()
+    );
     println!(
         "ferry-datatype-check: {checked} random types agree with {} ({skipped} skipped as too large), {failures} failures",
         runtime.library_version().lines().next().unwrap_or("MPI")
@@ -195,4 +206,92 @@ fn check(seed: u64, depth: usize) -> Result<bool, String> {
         unsafe { ffi::PMPI_Type_free(&mut handle) };
     }
     result
+}
+
+/// Structs over predefined types with unusual alignment and over the pair types: ferry must
+/// read them (not give up) and pack them as MPI does.
+fn check_predefined() -> Vec<Result<(), String>> {
+    macro_rules! handle {
+        ($name:ident) => {
+            (
+                stringify!($name),
+                ffi::MPI_Datatype((&raw mut ffi::$name).cast()),
+            )
+        };
+    }
+    let types = [
+        handle!(ompi_mpi_long_double),
+        handle!(ompi_mpi_c_float_complex),
+        handle!(ompi_mpi_c_long_double_complex),
+        handle!(ompi_mpi_2int),
+        handle!(ompi_mpi_float_int),
+        handle!(ompi_mpi_double_int),
+        handle!(ompi_mpi_long_int),
+        handle!(ompi_mpi_short_int),
+        handle!(ompi_mpi_longdbl_int),
+        handle!(ompi_mpi_double),
+        handle!(ompi_mpi_char),
+    ];
+    types
+        .iter()
+        .map(|&(name, t)| {
+            // struct { char c; T x[2]; char d; } x 3, so padding and alignment both show.
+            let chr = ffi::MPI_Datatype((&raw mut ffi::ompi_mpi_char).cast());
+            let mut members = [chr, t, chr];
+            let (mut lb, mut extent): (ffi::MPI_Aint, ffi::MPI_Aint) = (0, 0);
+            // SAFETY: predefined handle; out-parameters are locals.
+            unsafe { ffi::PMPI_Type_get_extent(t, &mut lb, &mut extent) };
+            let blocklens: [c_int; 3] = [1, 2, 1];
+            let displs: [ffi::MPI_Aint; 3] = [0, 16, 16 + 2 * extent];
+            let mut s = ffi::MPI_Datatype(std::ptr::null_mut());
+            // SAFETY: the arrays hold three entries each.
+            unsafe {
+                ffi::PMPI_Type_create_struct(
+                    3,
+                    blocklens.as_ptr(),
+                    displs.as_ptr(),
+                    members.as_mut_ptr(),
+                    &mut s,
+                );
+                ffi::PMPI_Type_commit(&mut s);
+            }
+            let result = (|| {
+                // SAFETY: committed handle.
+                let ty = unsafe { type_from_mpi(s) }.map_err(|e| format!("{name}: {e}"))?;
+                let c = ty.commit();
+                let count = 3;
+                let (lo, hi) = c
+                    .footprint(count)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("empty")?;
+                let (base, span) = (lo.min(0), (hi.max(0) - lo.min(0)) as usize);
+                let mut src = vec![0u8; span];
+                fill(&mut src, 99);
+                let total = ty.size() * count;
+                let (mut mine, mut theirs) = (vec![0u8; total], vec![1u8; total]);
+                c.pack(&src, (-base) as usize, count, &mut mine)
+                    .map_err(|e| e.to_string())?;
+                let mut pos: c_int = 0;
+                // SAFETY: `src` covers the footprint.
+                unsafe {
+                    ffi::PMPI_Pack(
+                        src.as_ptr().add((-base) as usize).cast(),
+                        count as c_int,
+                        s,
+                        theirs.as_mut_ptr().cast(),
+                        total as c_int,
+                        &mut pos,
+                        ffi::RSMPI_COMM_WORLD,
+                    )
+                };
+                if mine != theirs || pos as usize != total {
+                    return Err(format!("{name}: struct packs differently from MPI_Pack"));
+                }
+                Ok(())
+            })();
+            // SAFETY: a derived type we created.
+            unsafe { ffi::PMPI_Type_free(&mut s) };
+            result
+        })
+        .collect()
 }
