@@ -47,6 +47,9 @@ for np in 2 3 4; do
 done
 run_mpi "ferry's pack/unpack equals MPI_Pack/MPI_Unpack on 20000 random types" 1 \
     target/debug/ferry-datatype-check --seeds 20000
+for np in 2 3; do
+    run_mpi "example typed_columns" "$np" target/debug/typed_columns
+done
 for np in 2 4; do
     run_mpi "example ring" "$np" target/debug/ring
     run_mpi "p2p benchmark checks its data" "$np" \

@@ -205,6 +205,73 @@ pub trait Comm {
         Ok((status, buf))
     }
 
+    /// Sends `count` elements of the derived datatype `ty` from `buf` to `dest`: ferry packs
+    /// them and sends the packed bytes as one message. `origin` is the index in `buf` of the
+    /// element array's start (MPI's buffer address), so types with negative displacements
+    /// work; the whole footprint must lie inside `buf`, else [`Error::Datatype`].
+    fn send_typed<T: bytemuck::Pod>(
+        &self,
+        dest: usize,
+        tag: Tag,
+        buf: &[T],
+        origin: usize,
+        ty: &ferry_datatypes::Committed,
+        count: usize,
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        let bytes: &[u8] = bytemuck::cast_slice(buf);
+        let origin = origin * std::mem::size_of::<T>();
+        let size = ty
+            .packed_size(count)
+            .ok_or_else(|| Error::Datatype(format!("{count} elements overflow")))?;
+        let mut packed = vec![0u8; size];
+        ty.pack(bytes, origin, count, &mut packed)
+            .map_err(|e| Error::Datatype(e.to_string()))?;
+        self.send(dest, tag, &packed)
+    }
+
+    /// Receives up to `count` elements of `ty` into `buf` (the mirror of
+    /// [`Comm::send_typed`]); a shorter message fills the first elements, as in MPI. Returns the
+    /// status, whose `bytes` are packed bytes.
+    fn recv_typed<T: bytemuck::Pod>(
+        &self,
+        source: Source,
+        tag: TagMatch,
+        buf: &mut [T],
+        origin: usize,
+        ty: &ferry_datatypes::Committed,
+        count: usize,
+    ) -> Result<Status>
+    where
+        Self: Sized,
+    {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        let origin = origin * std::mem::size_of::<T>();
+        let size = ty
+            .packed_size(count)
+            .ok_or_else(|| Error::Datatype(format!("{count} elements overflow")))?;
+        // Check the footprint before anything is received, so a bad buffer loses no message.
+        if let Some((lo, hi)) = ty
+            .footprint(count)
+            .map_err(|e| Error::Datatype(e.to_string()))?
+        {
+            let inside = origin as isize + lo >= 0 && origin as isize + hi <= bytes.len() as isize;
+            if !inside {
+                return Err(Error::Datatype(format!(
+                    "{count} elements span bytes [{lo}, {hi}) around index {origin}, outside a buffer of {} bytes",
+                    bytes.len()
+                )));
+            }
+        }
+        let mut packed = vec![0u8; size];
+        let status = self.recv(source, tag, &mut packed)?;
+        ty.unpack_range(&packed[..status.bytes], bytes, origin, count, 0)
+            .map_err(|e| Error::Datatype(e.to_string()))?;
+        Ok(status)
+    }
+
     /// Sends `send` to `dest` and receives one message from `source` into `recv`, without
     /// deadlock whatever the peers do first (MPI_Sendrecv).
     fn sendrecv(

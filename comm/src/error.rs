@@ -69,6 +69,9 @@ pub enum Error {
         /// `MPI_Error_string` of the code.
         message: String,
     },
+    /// A derived datatype does not fit the buffer it was given (see `ferry_datatypes::PackError`).
+    #[error("datatype error: {0}")]
+    Datatype(String),
     /// MPI could not be initialised, or was used in a state that does not allow the call.
     #[error("MPI is unavailable: {0}")]
     MpiUnavailable(String),
