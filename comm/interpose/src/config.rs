@@ -8,6 +8,11 @@ pub(crate) const FERRY_INTERPOSE: &str = "FERRY_INTERPOSE";
 /// own datatype path. Default: 0 (ferry handles every non-contiguous type it supports).
 pub(crate) const FERRY_PACK_MIN_BYTES: &str = "FERRY_PACK_MIN_BYTES";
 
+/// `FERRY_LIBRARY_BLOCK_BYTES`: types whose mean contiguous block is at least this many bytes
+/// go through the library's own datatype path, which moves large blocks as fast as ferry does
+/// and overlaps packing with sending (measured with `ferry-bench pingpong-ddt`). Default 1024.
+pub(crate) const FERRY_LIBRARY_BLOCK_BYTES: &str = "FERRY_LIBRARY_BLOCK_BYTES";
+
 /// The interposer's settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
@@ -15,6 +20,8 @@ pub(crate) struct Config {
     pub(crate) enabled: bool,
     /// See [`FERRY_PACK_MIN_BYTES`].
     pub(crate) pack_min_bytes: usize,
+    /// See [`FERRY_LIBRARY_BLOCK_BYTES`].
+    pub(crate) library_block_bytes: usize,
 }
 
 impl Config {
@@ -26,13 +33,16 @@ impl Config {
                 .as_deref(),
             Ok("off" | "0" | "false" | "no")
         );
-        let pack_min_bytes = std::env::var(FERRY_PACK_MIN_BYTES)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let number = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
         Config {
             enabled,
-            pack_min_bytes,
+            pack_min_bytes: number(FERRY_PACK_MIN_BYTES, 0),
+            library_block_bytes: number(FERRY_LIBRARY_BLOCK_BYTES, 1024),
         }
     }
 }

@@ -39,8 +39,8 @@ pub(crate) fn empty_status() -> ffi::MPI_Status {
 ///
 /// The library keeps: anything ferry has no committed entry for (predefined, uncommitted,
 /// unsupported or duplicated types), contiguous types, zero and negative counts (so the library
-/// reports its own errors), messages over `c_int::MAX` packed bytes, and messages under
-/// `FERRY_PACK_MIN_BYTES`.
+/// reports its own errors), messages over `c_int::MAX` packed bytes, messages under
+/// `FERRY_PACK_MIN_BYTES`, and types with large blocks (`FERRY_LIBRARY_BLOCK_BYTES`).
 pub(crate) fn plan(
     state: &State,
     datatype: ffi::MPI_Datatype,
@@ -50,7 +50,7 @@ pub(crate) fn plan(
         return None;
     }
     let entry = state.lookup_type(datatype)?;
-    if entry.contiguous {
+    if entry.contiguous || entry.mean_block >= state.config.library_block_bytes as f64 {
         return None;
     }
     let bytes = entry.size.checked_mul(count as usize)?;

@@ -123,11 +123,15 @@ pub unsafe extern "C" fn MPI_Type_commit(datatype: *mut MPI_Datatype) -> c_int {
                         && matches!(layout.blocks(), [b] if b.offset == 0 && b.len == ty.size())
                         && ty.lb() == 0
                         && ty.extent() == ty.size() as isize;
+                    let blocks = layout.blocks().len()
+                        * layout.levels().iter().map(|l| l.count).product::<usize>();
+                    let mean_block = ty.size() as f64 / blocks.max(1) as f64;
                     s.insert_type(
                         handle,
                         TypeEntry {
                             size: ty.size(),
                             contiguous,
+                            mean_block,
                             committed,
                         },
                     );

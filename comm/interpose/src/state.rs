@@ -23,6 +23,8 @@ pub(crate) struct TypeEntry {
     pub(crate) size: usize,
     /// True if the type's bytes are one contiguous run, so the library needs no help.
     pub(crate) contiguous: bool,
+    /// Mean length of the contiguous blocks of one element, in bytes.
+    pub(crate) mean_block: f64,
 }
 
 /// A request ferry started on the application's behalf, and the staging buffer it owns.
