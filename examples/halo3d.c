@@ -11,7 +11,9 @@
  *   mpirun -np 8 -x LD_PRELOAD=$PWD/target/release/libferry_mpi.so ./halo3d 32 3 8 20
  *
  * Arguments: N (interior cells per side, default 16), R (radius, 2), Q (quantities, 1),
- * iterations (5). Prints the mean time per exchange; exits non-zero if any ghost cell is wrong.
+ * iterations (5). Prints the mean time per exchange and per phase (posting the receives,
+ * starting the sends, waiting), of the slowest rank, and a JSON line; exits non-zero if any
+ * ghost cell is wrong.
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -81,16 +83,20 @@ int main(int argc, char **argv) {
             }
 
     MPI_Request req[52];
-    double total = 0;
+    double total = 0, phase[3] = {0, 0, 0};
     for (int it = 0; it < iters; it++) {
         MPI_Barrier(cart);
         double t0 = MPI_Wtime();
         for (int i = 0; i < nd; i++)
             MPI_Irecv(grid, 1, recv_t[i], peer_recv[i], 25 - i, cart, &req[i]);
+        double t1 = MPI_Wtime();
         for (int i = 0; i < nd; i++)
             MPI_Isend(grid, 1, send_t[i], peer_send[i], i, cart, &req[nd + i]);
+        double t2 = MPI_Wtime();
         MPI_Waitall(2 * nd, req, MPI_STATUSES_IGNORE);
-        total += MPI_Wtime() - t0;
+        double t3 = MPI_Wtime();
+        total += t3 - t0;
+        phase[0] += t1 - t0; phase[1] += t2 - t1; phase[2] += t3 - t2;
     }
 
     /* Every ghost cell must hold the periodic neighbour's value. */
@@ -105,12 +111,17 @@ int main(int argc, char **argv) {
                     if (grid[(((size_t)x * L + y) * L + z) * Q + q] != cell_value(g[0], g[1], g[2], q)) bad++;
             }
     long all_bad = 0;
-    double max_t = 0, mean = total / iters;
+    double mine[4] = {total / iters, phase[0] / iters, phase[1] / iters, phase[2] / iters}, worst[4];
     MPI_Reduce(&bad, &all_bad, 1, MPI_LONG, MPI_SUM, 0, cart);
-    MPI_Reduce(&mean, &max_t, 1, MPI_DOUBLE, MPI_MAX, 0, cart);
+    MPI_Reduce(mine, worst, 4, MPI_DOUBLE, MPI_MAX, 0, cart);
     if (rank == 0) {
-        printf("halo3d: %d ranks (%dx%dx%d), N=%d R=%d Q=%d: %.3f ms per exchange (slowest rank), %ld wrong cells\n",
-               size, dims[0], dims[1], dims[2], N, R, Q, max_t * 1e3, all_bad);
+        printf("halo3d: %d ranks (%dx%dx%d), N=%d R=%d Q=%d: %.3f ms per exchange (slowest rank; "
+               "post %.3f, send %.3f, wait %.3f), %ld wrong cells\n",
+               size, dims[0], dims[1], dims[2], N, R, Q, worst[0] * 1e3, worst[1] * 1e3, worst[2] * 1e3,
+               worst[3] * 1e3, all_bad);
+        printf("{\"bench\":\"halo3d\",\"ranks\":%d,\"n\":%d,\"radius\":%d,\"quantities\":%d,\"total_ms\":%.6f,"
+               "\"post_ms\":%.6f,\"send_ms\":%.6f,\"wait_ms\":%.6f,\"wrong_cells\":%ld}\n",
+               size, N, R, Q, worst[0] * 1e3, worst[1] * 1e3, worst[2] * 1e3, worst[3] * 1e3, all_bad);
     }
     for (int i = 0; i < nd; i++) { MPI_Type_free(&send_t[i]); MPI_Type_free(&recv_t[i]); }
     MPI_Type_free(&cell);
