@@ -67,6 +67,8 @@ if mpicc -O2 -Wall -o target/c/ddt_exchange comm/interpose/tests/c/ddt_exchange.
         run_mpi "halo3d" "$np" target/c/halo3d 12 2 2 3
         run_mpi "halo3d under libferry_mpi.so" "$np" -x LD_PRELOAD="$lib" target/c/halo3d 12 2 2 3
     done
+    timeout 600 target/debug/ferry-bench pingpong-ddt --iters 2 --reps 1 --mpirun-args "--bind-to none" 2>&1 | tail -n 16
+    record "pingpong-ddt: a Rust program's derived types through the interposer arrive intact" "${PIPESTATUS[0]}"
     # The interposer must really have packed (not silently passed everything through).
     FERRY_LOG=info timeout 120 "${MPIRUN[@]}" -np 2 -x LD_PRELOAD="$lib" -x FERRY_LOG target/c/ddt_exchange >"$log" 2>&1
     grep -Eq 'ferry interposer summary handled=[1-9]' "$log"

@@ -40,17 +40,24 @@ pub(crate) fn empty_status() -> ffi::MPI_Status {
 /// The library keeps: anything ferry has no committed entry for (predefined, uncommitted,
 /// unsupported or duplicated types), contiguous types, zero and negative counts (so the library
 /// reports its own errors), messages over `c_int::MAX` packed bytes, messages under
-/// `FERRY_PACK_MIN_BYTES`, and types with large blocks (`FERRY_LIBRARY_BLOCK_BYTES`).
+/// `FERRY_PACK_MIN_BYTES`, types with large blocks (`FERRY_LIBRARY_BLOCK_BYTES`), and null
+/// buffers unless the type holds absolute addresses (MPI_BOTTOM).
 pub(crate) fn plan(
     state: &State,
     datatype: ffi::MPI_Datatype,
     count: c_int,
+    null_buffer: bool,
 ) -> Option<(Arc<TypeEntry>, usize)> {
     if count <= 0 {
         return None;
     }
     let entry = state.lookup_type(datatype)?;
     if entry.contiguous || entry.mean_block >= state.config.library_block_bytes as f64 {
+        return None;
+    }
+    // A null buffer is MPI_BOTTOM: legal with absolute addresses (a non-zero true lb), else an
+    // error the library reports (MPI_ERR_BUFFER) without ferry touching address zero.
+    if null_buffer && entry.true_lb == 0 {
         return None;
     }
     let bytes = entry.size.checked_mul(count as usize)?;

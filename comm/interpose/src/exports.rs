@@ -130,6 +130,7 @@ pub unsafe extern "C" fn MPI_Type_commit(datatype: *mut MPI_Datatype) -> c_int {
                         handle,
                         TypeEntry {
                             size: ty.size(),
+                            true_lb: ty.true_lb(),
                             contiguous,
                             mean_block,
                             committed,
@@ -189,7 +190,7 @@ pub unsafe extern "C" fn MPI_Pack(
 ) -> c_int {
     guard("MPI_Pack", || {
         if let (Some(s), false) = (active(), position.is_null()) {
-            if let Some((ty, bytes)) = plan(s, datatype, incount) {
+            if let Some((ty, bytes)) = plan(s, datatype, incount, inbuf.is_null()) {
                 // SAFETY: checked non-null; the application's position.
                 let pos = unsafe { *position };
                 if pos >= 0
@@ -243,7 +244,7 @@ pub unsafe extern "C" fn MPI_Unpack(
 ) -> c_int {
     guard("MPI_Unpack", || {
         if let (Some(s), false) = (active(), position.is_null()) {
-            if let Some((ty, bytes)) = plan(s, datatype, outcount) {
+            if let Some((ty, bytes)) = plan(s, datatype, outcount, outbuf.is_null()) {
                 // SAFETY: checked non-null; the application's position.
                 let pos = unsafe { *position };
                 if pos >= 0
@@ -311,7 +312,7 @@ pub unsafe extern "C" fn MPI_Send(
 ) -> c_int {
     guard("MPI_Send", || {
         if let Some(s) = active().filter(|s| peer_ok(s, comm, dest, tag, false)) {
-            if let Some((ty, bytes)) = plan(s, datatype, count) {
+            if let Some((ty, bytes)) = plan(s, datatype, count, buf.is_null()) {
                 // SAFETY: MPI_Send's contract on `buf`.
                 let staging = unsafe { pack_to_staging(s, &ty, buf.cast(), count as usize, bytes) };
                 // SAFETY: `staging` holds `bytes` packed bytes.
@@ -350,7 +351,7 @@ pub unsafe extern "C" fn MPI_Recv(
 ) -> c_int {
     guard("MPI_Recv", || {
         if let Some(s) = active().filter(|s| peer_ok(s, comm, source, tag, true)) {
-            if let Some((ty, bytes)) = plan(s, datatype, count) {
+            if let Some((ty, bytes)) = plan(s, datatype, count, buf.is_null()) {
                 // 1. Match the message first (MPI_Mprobe), so the staging buffer can hold all of
                 //    it: Open MPI 4.1 writes a truncated message whole, past the receive count,
                 //    on its shared-memory single-copy path (see the crate docs).
@@ -419,7 +420,7 @@ pub unsafe extern "C" fn MPI_Isend(
             active().filter(|s| peer_ok(s, comm, dest, tag, false)),
             request.is_null(),
         ) {
-            if let Some((ty, bytes)) = plan(s, datatype, count) {
+            if let Some((ty, bytes)) = plan(s, datatype, count, buf.is_null()) {
                 // SAFETY: MPI_Isend's contract on `buf` (read now, once).
                 let staging = unsafe { pack_to_staging(s, &ty, buf.cast(), count as usize, bytes) };
                 // SAFETY: `staging` is owned by the table until the request completes.
@@ -467,7 +468,7 @@ pub unsafe extern "C" fn MPI_Irecv(
             active().filter(|s| peer_ok(s, comm, source, tag, true)),
             request.is_null(),
         ) {
-            if let Some((ty, bytes)) = plan(s, datatype, count) {
+            if let Some((ty, bytes)) = plan(s, datatype, count, buf.is_null()) {
                 let staging = s.staging(bytes);
                 // SAFETY: `staging` is owned by the table until the request completes.
                 let rc = unsafe {
@@ -532,8 +533,8 @@ pub unsafe extern "C" fn MPI_Sendrecv(
                 )
             };
         };
-        let send_plan = plan(s, sendtype, sendcount);
-        let recv_plan = plan(s, recvtype, recvcount);
+        let send_plan = plan(s, sendtype, sendcount, sendbuf.is_null());
+        let recv_plan = plan(s, recvtype, recvcount, recvbuf.is_null());
         if send_plan.is_none() && recv_plan.is_none() {
             // SAFETY: forwarded unchanged.
             return unsafe {

@@ -21,6 +21,9 @@ pub(crate) struct TypeEntry {
     pub(crate) committed: Committed,
     /// MPI_Type_size, in bytes.
     pub(crate) size: usize,
+    /// The type's true lower bound: zero unless it addresses memory by absolute addresses
+    /// (with MPI_BOTTOM) or has displacements away from the buffer's start.
+    pub(crate) true_lb: isize,
     /// True if the type's bytes are one contiguous run, so the library needs no help.
     pub(crate) contiguous: bool,
     /// Mean length of the contiguous blocks of one element, in bytes.

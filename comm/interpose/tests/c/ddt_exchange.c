@@ -140,7 +140,7 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 
-    struct { const char *name; MPI_Datatype t; int count; int n; } types[8];
+    struct { const char *name; MPI_Datatype t; int count; int n; } types[10];
     int nt = 0;
     MPI_Datatype t;
     /* vector of 1-double blocks, stride 2 (the "every other element" case) */
@@ -166,6 +166,11 @@ int main(int argc, char **argv) {
     { MPI_Datatype v; MPI_Type_vector(4, 2, 3, MPI_DOUBLE, &v);
       MPI_Type_create_hvector(5, 1, 8 * 16, v, &t); MPI_Type_free(&v); MPI_Type_commit(&t);
       types[nt++] = (typeof(types[0])){"hvector of vector", t, 2, 2 * 80 + 80}; }
+    /* a struct of 1000 members: single doubles 16 bytes apart */
+    { int bl[1000]; MPI_Aint d[1000]; MPI_Datatype ty[1000];
+      for (int i = 0; i < 1000; i++) { bl[i] = 1; d[i] = 16 * i; ty[i] = MPI_DOUBLE; }
+      MPI_Type_create_struct(1000, bl, d, ty, &t); MPI_Type_commit(&t);
+      types[nt++] = (typeof(types[0])){"struct of 1000 members", t, 2, 4000}; }
     /* contiguous: must pass through untouched */
     MPI_Type_contiguous(100, MPI_DOUBLE, &t); MPI_Type_commit(&t);
     types[nt++] = (typeof(types[0])){"contiguous 100", t, 2, 200};
@@ -199,6 +204,51 @@ int main(int argc, char **argv) {
         CHECK(st.MPI_SOURCE == MPI_PROC_NULL && x == 7, "PROC_NULL exchange changed something");
     }
 
+    /* MPI_BOTTOM: a type of absolute addresses over two separate arrays. */
+    {
+        int right = (rank + 1) % size, left = (rank + size - 1) % size;
+        double *a = filled(rank, 100), *b = filled(rank + 50, 60);
+        double *ra = poisoned(100), *rb = poisoned(60);
+        MPI_Aint d[2], rd[2];
+        int bl[2] = {10, 20};
+        MPI_Get_address(a + 5, &d[0]); MPI_Get_address(b + 30, &d[1]);
+        MPI_Get_address(ra + 5, &rd[0]); MPI_Get_address(rb + 30, &rd[1]);
+        MPI_Datatype st, rt;
+        MPI_Type_create_hindexed(2, bl, d, MPI_DOUBLE, &st); MPI_Type_commit(&st);
+        MPI_Type_create_hindexed(2, bl, rd, MPI_DOUBLE, &rt); MPI_Type_commit(&rt);
+        char p1[240], p2[240]; int q1 = 0, q2 = 0;
+        MPI_Pack(MPI_BOTTOM, 1, st, p1, 240, &q1, MPI_COMM_WORLD);
+        PMPI_Pack(MPI_BOTTOM, 1, st, p2, 240, &q2, MPI_COMM_WORLD);
+        CHECK(q1 == 240 && q2 == 240 && memcmp(p1, p2, 240) == 0, "MPI_BOTTOM pack differs from the library's");
+        MPI_Sendrecv(MPI_BOTTOM, 1, st, right, 11, MPI_BOTTOM, 1, rt, left, 11, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        for (int i = 0; i < 100; i++)
+            CHECK(ra[i] == (i >= 5 && i < 15 ? value(left, i) : -1.0), "MPI_BOTTOM receive: a[%d] = %g", i, ra[i]);
+        for (int i = 0; i < 60; i++)
+            CHECK(rb[i] == (i >= 30 && i < 50 ? value(left + 50, i) : -1.0), "MPI_BOTTOM receive: b[%d] = %g", i, rb[i]);
+        MPI_Type_free(&st); MPI_Type_free(&rt);
+        free(a); free(b); free(ra); free(rb);
+    }
+
+    /* MPI_PACKED made by the application: packed with MPI_Pack, sent as MPI_PACKED, received
+     * with the derived type (and the other way round). */
+    {
+        int right = (rank + 1) % size, left = (rank + size - 1) % size, n = 64 * 32;
+        MPI_Datatype face = types[1].t; /* vector 64x8 stride 32 */
+        double *src = filled(rank, n), *dst = poisoned(n);
+        int psize; MPI_Pack_size(1, face, MPI_COMM_WORLD, &psize);
+        char *packed = malloc(psize); int pos = 0;
+        MPI_Pack(src, 1, face, packed, psize, &pos, MPI_COMM_WORLD);
+        MPI_Sendrecv(packed, pos, MPI_PACKED, right, 12, dst, 1, face, left, 12, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        char *cov = coverage(face, 1, n);
+        check_received("MPI_PACKED into a derived type", dst, n, cov, left);
+        char *back = malloc(psize);
+        MPI_Sendrecv(src, 1, face, right, 13, back, psize, MPI_PACKED, left, 13, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        double *out = poisoned(n); pos = 0;
+        MPI_Unpack(back, psize, &pos, out, 1, face, MPI_COMM_WORLD);
+        check_received("derived type into MPI_PACKED", out, n, cov, left);
+        free(src); free(dst); free(packed); free(cov); free(back); free(out);
+    }
+
     /* Bad input gets the library's own error code, and no crash. */
     {
         MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -211,6 +261,10 @@ int main(int argc, char **argv) {
         MPI_Error_class(rc, &cls); CHECK(cls == MPI_ERR_COUNT, "negative count gave class %d", cls);
         rc = MPI_Send(buf, 1, types[1].t, size + 3, 0, MPI_COMM_WORLD);
         MPI_Error_class(rc, &cls); CHECK(cls == MPI_ERR_RANK, "bad rank gave class %d", cls);
+        rc = MPI_Send(NULL, 1, types[1].t, rank, 0, MPI_COMM_WORLD);
+        MPI_Error_class(rc, &cls); CHECK(cls == MPI_ERR_BUFFER, "a null buffer gave class %d", cls);
+        rc = MPI_Send(buf, 1, types[1].t, rank, -5, MPI_COMM_WORLD);
+        MPI_Error_class(rc, &cls); CHECK(cls == MPI_ERR_TAG, "a negative tag gave class %d", cls);
         char small[8];
         rc = MPI_Pack(buf, 1, types[1].t, small, 8, &pos, MPI_COMM_WORLD);
         CHECK(rc != MPI_SUCCESS, "MPI_Pack into a too-small buffer succeeded");
