@@ -12,6 +12,8 @@ if [ ! -x "$exe" ]; then mkdir -p "$(dirname "$exe")"; mpicc -O2 -o "$exe" examp
 [ -f "$lib" ] || { echo "bench-halo3d: $lib not found (cargo build --release -p ferry-mpi)"; exit 1; }
 # shellcheck source=scripts/mpi-env.sh
 source scripts/mpi-env.sh
+# HALO3D_BIND replaces the binding options, e.g. "--bind-to core --map-by core" on a big node.
+if [ -n "${HALO3D_BIND:-}" ]; then read -r -a bind <<<"$HALO3D_BIND"; MPIRUN=(mpirun --oversubscribe "${bind[@]}"); fi
 : > "$out"
 for np in $ranks; do
     plain=$("${MPIRUN[@]}" -np "$np" "$exe" "$n" 3 8 20 | grep '^{')

@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf .device && mkdir -p .device/bin .device/tests
 cargo build --release --workspace --bins
-cp target/release/ferry-bench target/release/ferry-comm-conformance target/release/ring .device/bin/
+cargo build --release -p ferry-mpi
+cp target/release/ferry-bench target/release/ferry-comm-conformance target/release/ring \
+    target/release/ferry-datatype-check target/release/libferry_mpi.so .device/bin/
+mpicc -O2 -o .device/bin/halo3d examples/halo3d.c
+mpicc -O2 -o .device/bin/ddt_exchange comm/interpose/tests/c/ddt_exchange.c
 [ -f target/release/gpu_info ] && cp target/release/gpu_info .device/bin/
 # `cargo test --no-run` prints each test executable; keep the ferry-gpu ones.
 cargo test --release -p ferry-gpu --no-run --message-format=json 2>/dev/null \
