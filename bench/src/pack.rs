@@ -250,19 +250,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_us(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: first touch, page faults
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e6
-            })
-            .collect(),
-    )
-}
-
 pub(crate) fn run(args: &Args) -> Result<(), String> {
     if args.reps == 0 || args.scale <= 0.0 {
         return Err("--reps must be at least 1 and --scale positive".into());
@@ -365,22 +352,60 @@ fn measure(name: &str, recipe: &Recipe, count: usize, reps: usize) -> Result<Rec
     if dst_ours != dst_theirs {
         return Err(format!("{name}: ferry's unpack differs from MPI_Unpack's"));
     }
-    let ferry_pack_us = time_us(reps, || {
-        committed
-            .pack(&src, origin, count, &mut ours)
-            .expect("checked above");
-    });
-    let mpi_pack_us = time_us(reps, || mpi_pack(&mut theirs));
-    let ferry_unpack_us = time_us(reps, || {
-        committed
-            .unpack(&ours, &mut dst_ours, origin, count)
-            .expect("checked above");
-    });
-    let mpi_unpack_us = time_us(reps, || mpi_unpack(&theirs, &mut dst_theirs));
+    let (ours_packed, theirs_packed) = (ours.clone(), theirs.clone());
+    let mut copy_into = vec![0u8; bytes];
+    // Each repetition times ferry and the library back to back, alternating which goes first,
+    // so cache and clock state favour neither.
+    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let timed = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64() * 1e6
+    };
     let copy_src = vec![1u8; bytes];
-    let memcpy_us = time_us(reps, || {
-        ours.copy_from_slice(std::hint::black_box(&copy_src));
-    });
+    for rep in 0..=reps {
+        let mut ops: [(usize, Box<dyn FnMut()>); 5] = [
+            (
+                0,
+                Box::new(|| {
+                    committed
+                        .pack(&src, origin, count, &mut ours)
+                        .expect("checked above");
+                }),
+            ),
+            (1, Box::new(|| mpi_pack(&mut theirs))),
+            (
+                2,
+                Box::new(|| {
+                    committed
+                        .unpack(&ours_packed, &mut dst_ours, origin, count)
+                        .expect("checked above");
+                }),
+            ),
+            (3, Box::new(|| mpi_unpack(&theirs_packed, &mut dst_theirs))),
+            (
+                4,
+                Box::new(|| copy_into.copy_from_slice(std::hint::black_box(&copy_src))),
+            ),
+        ];
+        if rep % 2 == 1 {
+            ops.swap(0, 1);
+            ops.swap(2, 3);
+        }
+        for (which, op) in ops.iter_mut() {
+            let us = timed(op.as_mut());
+            if rep > 0 {
+                t[*which].push(us); // repetition 0 is the warm-up
+            }
+        }
+    }
+    let [
+        ferry_pack_us,
+        mpi_pack_us,
+        ferry_unpack_us,
+        mpi_unpack_us,
+        memcpy_us,
+    ] = t.map(median);
     let layout = committed.layout();
     let blocks = layout.blocks().len().max(1)
         * layout

@@ -34,7 +34,11 @@ pub(crate) struct Args {
     #[arg(long)]
     interposer: Option<PathBuf>,
     /// Extra arguments for mpirun, e.g. "--bind-to core".
-    #[arg(long, default_value = "--bind-to core --map-by core", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value = "--bind-to core --map-by core",
+        allow_hyphen_values = true
+    )]
     mpirun_args: String,
     /// Write one JSON record per case to this file.
     #[arg(long)]

@@ -149,10 +149,10 @@ unsafe fn decode(datatype: ffi::MPI_Datatype, depth: usize) -> Result<Type, Data
         ffi::PMPI_Type_get_envelope(datatype, &mut ni, &mut na, &mut nd, &mut combiner)
     })?;
     let combiner = combiner as u32;
-    if combiner == ffi::MPI_COMBINER_NAMED as u32
-        || combiner == ffi::MPI_COMBINER_F90_REAL as u32
-        || combiner == ffi::MPI_COMBINER_F90_COMPLEX as u32
-        || combiner == ffi::MPI_COMBINER_F90_INTEGER as u32
+    if combiner == ffi::MPI_COMBINER_NAMED
+        || combiner == ffi::MPI_COMBINER_F90_REAL
+        || combiner == ffi::MPI_COMBINER_F90_COMPLEX
+        || combiner == ffi::MPI_COMBINER_F90_INTEGER
     {
         // SAFETY: valid handle (caller).
         return unsafe { named(datatype) };
@@ -222,9 +222,7 @@ fn unusual_alignment(handle: ffi::MPI_Datatype) -> Option<usize> {
 /// padding follow Open MPI: (first member size, its alignment, offset of the int).
 fn pair_layout(handle: ffi::MPI_Datatype) -> Option<(usize, usize, isize)> {
     let h = handle.0;
-    if h == predefined!(ompi_mpi_double_int) {
-        Some((8, 8, 8))
-    } else if h == predefined!(ompi_mpi_long_int) {
+    if h == predefined!(ompi_mpi_double_int) || h == predefined!(ompi_mpi_long_int) {
         Some((8, 8, 8))
     } else if h == predefined!(ompi_mpi_short_int) {
         Some((2, 2, 4))
@@ -266,7 +264,7 @@ unsafe fn free_if_derived(t: ffi::MPI_Datatype) {
     let (mut ni, mut na, mut nd, mut combiner): (c_int, c_int, c_int, c_int) = (0, 0, 0, 0);
     // SAFETY: `t` is a valid handle (caller).
     let rc = unsafe { ffi::PMPI_Type_get_envelope(t, &mut ni, &mut na, &mut nd, &mut combiner) };
-    if rc != ffi::MPI_SUCCESS as c_int || combiner as u32 == ffi::MPI_COMBINER_NAMED as u32 {
+    if rc != ffi::MPI_SUCCESS as c_int || combiner as u32 == ffi::MPI_COMBINER_NAMED {
         return;
     }
     let mut t = t;
@@ -321,11 +319,9 @@ fn build(
         count(*ints_at(ints, 0, 1)?.first().unwrap_or(&0), what)
     };
     let t = match combiner {
-        c if c == ffi::MPI_COMBINER_DUP as u32 => Ok(child()?.dup()),
-        c if c == ffi::MPI_COMBINER_CONTIGUOUS as u32 => {
-            Type::contiguous(first("count")?, child()?)
-        }
-        c if c == ffi::MPI_COMBINER_VECTOR as u32 => {
+        c if c == ffi::MPI_COMBINER_DUP => Ok(child()?.dup()),
+        c if c == ffi::MPI_COMBINER_CONTIGUOUS => Type::contiguous(first("count")?, child()?),
+        c if c == ffi::MPI_COMBINER_VECTOR => {
             let v = ints_at(ints, 0, 3)?;
             Type::vector(
                 count(v[0], "count")?,
@@ -334,7 +330,7 @@ fn build(
                 child()?,
             )
         }
-        c if c == ffi::MPI_COMBINER_HVECTOR as u32 => {
+        c if c == ffi::MPI_COMBINER_HVECTOR => {
             let v = ints_at(ints, 0, 2)?;
             let stride = *addrs
                 .first()
@@ -346,7 +342,7 @@ fn build(
                 child()?,
             )
         }
-        c if c == ffi::MPI_COMBINER_INDEXED as u32 => {
+        c if c == ffi::MPI_COMBINER_INDEXED => {
             let n = first("count")?;
             let bl = counts(ints_at(ints, 1, n)?, "blocklength")?;
             let d: Vec<isize> = ints_at(ints, 1 + n, n)?
@@ -355,7 +351,7 @@ fn build(
                 .collect();
             Type::indexed(&bl, &d, child()?)
         }
-        c if c == ffi::MPI_COMBINER_HINDEXED as u32 => {
+        c if c == ffi::MPI_COMBINER_HINDEXED => {
             let n = first("count")?;
             let bl = counts(ints_at(ints, 1, n)?, "blocklength")?;
             let d = addrs
@@ -363,13 +359,13 @@ fn build(
                 .ok_or_else(|| DatatypeError::Unsupported("too few displacements".into()))?;
             Type::hindexed(&bl, d, child()?)
         }
-        c if c == ffi::MPI_COMBINER_INDEXED_BLOCK as u32 => {
+        c if c == ffi::MPI_COMBINER_INDEXED_BLOCK => {
             let n = first("count")?;
             let bl = count(ints_at(ints, 1, 1)?[0], "blocklength")?;
             let d: Vec<isize> = ints_at(ints, 2, n)?.iter().map(|&x| x as isize).collect();
             Type::indexed_block(bl, &d, child()?)
         }
-        c if c == ffi::MPI_COMBINER_HINDEXED_BLOCK as u32 => {
+        c if c == ffi::MPI_COMBINER_HINDEXED_BLOCK => {
             let n = first("count")?;
             let bl = count(ints_at(ints, 1, 1)?[0], "blocklength")?;
             let d = addrs
@@ -377,7 +373,7 @@ fn build(
                 .ok_or_else(|| DatatypeError::Unsupported("too few displacements".into()))?;
             Type::hindexed_block(bl, d, child()?)
         }
-        c if c == ffi::MPI_COMBINER_STRUCT as u32 => {
+        c if c == ffi::MPI_COMBINER_STRUCT => {
             let n = first("count")?;
             let bl = counts(ints_at(ints, 1, n)?, "blocklength")?;
             let d = addrs
@@ -390,7 +386,7 @@ fn build(
             }
             Type::struct_(&bl, d, &children[..n])
         }
-        c if c == ffi::MPI_COMBINER_SUBARRAY as u32 => {
+        c if c == ffi::MPI_COMBINER_SUBARRAY => {
             let nd = first("ndims")?;
             let sizes = counts(ints_at(ints, 1, nd)?, "size")?;
             let subs = counts(ints_at(ints, 1 + nd, nd)?, "subsize")?;
@@ -398,7 +394,7 @@ fn build(
             let ord = order(ints_at(ints, 1 + 3 * nd, 1)?[0])?;
             Type::subarray(&sizes, &subs, &starts, ord, child()?)
         }
-        c if c == ffi::MPI_COMBINER_DARRAY as u32 => {
+        c if c == ffi::MPI_COMBINER_DARRAY => {
             let head = ints_at(ints, 0, 3)?;
             let (size, rank, nd) = (
                 count(head[0], "size")?,
@@ -440,7 +436,7 @@ fn build(
                 child()?,
             )
         }
-        c if c == ffi::MPI_COMBINER_RESIZED as u32 => {
+        c if c == ffi::MPI_COMBINER_RESIZED => {
             let (lb, extent) = match addrs {
                 [lb, extent, ..] => (*lb, *extent),
                 _ => {
@@ -515,6 +511,9 @@ pub mod testing {
     ///
     /// # Safety
     /// MPI must be initialised.
+    // Each constructor call sits in a one-line closure; the SAFETY comment above the match
+    // covers all of them.
+    #[allow(clippy::undocumented_unsafe_blocks)]
     pub unsafe fn mpi_type_from_recipe(
         recipe: &Recipe,
     ) -> Result<ffi::MPI_Datatype, DatatypeError> {

@@ -476,6 +476,26 @@ fn hand_picked_types_match_the_reference() {
         "resized(-6, 5, hvector(3, 2, -7, named(2)))",
         "darray(6, 4, [5,7,3], [cyclic,block,none], [2,dflt,dflt], [3,2,1], F, named(8))",
         "subarray([4,5,6], [2,3,4], [1,1,2], C, struct([1,1], [0,4], [named(4), named(1)]))",
+        // Transposed grids (columns resized to one element), walked in tiles of columns.
+        "resized(0, 16, vector(64, 1, 64, contiguous(2, named(8))))",
+        "resized(0, 8, vector(40, 1, 40, named(8)))",
+        "resized(0, 12, vector(33, 1, 50, named(12)))",
+        "resized(0, 4, vector(9, 1, -20, named(4)))",
+        // Odd block lengths of application faces: 40 (NAS LU), 48 (MILC), 12 (WRF) bytes.
+        "vector(9, 5, 60, named(8))",
+        "hvector(4, 1, 700, vector(3, 1, 24, contiguous(6, named(8))))",
+        "hvector(3, 1, 400, vector(5, 3, 7, named(4)))",
+        // Block lists within one copier class (8 to 16 bytes, 64 to 128, 64 to 255, 256
+        // and more), and spanning several.
+        "hindexed([3,2,4], [0,20,48], named(4))",
+        "hindexed([17,30], [0,100], named(4))",
+        "hindexed([20,50], [0,100], named(4))",
+        "hindexed([70,80], [0,300], named(4))",
+        "hindexed([1,20,70], [0,8,100], named(4))",
+        // Ten levels with a count: more than a plan holds inline.
+        "hvector(2, 1, 1361, hvector(2, 1, 673, hvector(2, 1, 331, hvector(2, 1, 163, \
+         hvector(2, 1, 79, hvector(2, 1, 37, hvector(2, 1, 17, hvector(2, 1, 7, \
+         vector(2, 1, 3, named(1))))))))))",
     ] {
         let r = Recipe::parse(text).unwrap();
         for count in [0usize, 1, 2, 17] {

@@ -601,6 +601,7 @@ pub unsafe extern "C" fn MPI_Wait(request: *mut MPI_Request, status: *mut MPI_St
         let handle = if request.is_null() {
             request_null()
         } else {
+            // SAFETY: the application's request pointer, checked non-null.
             unsafe { *request }
         };
         let mut st = empty_status();
@@ -638,6 +639,7 @@ pub unsafe extern "C" fn MPI_Test(
         let handle = if request.is_null() {
             request_null()
         } else {
+            // SAFETY: the application's request pointer, checked non-null.
             unsafe { *request }
         };
         let mut st = empty_status();
