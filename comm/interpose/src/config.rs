@@ -10,7 +10,8 @@ pub(crate) const FERRY_PACK_MIN_BYTES: &str = "FERRY_PACK_MIN_BYTES";
 
 /// `FERRY_LIBRARY_BLOCK_BYTES`: types whose mean contiguous block is at least this many bytes
 /// go through the library's own datatype path, which moves large blocks as fast as ferry does
-/// and overlaps packing with sending (measured with `ferry-bench pingpong-ddt`). Default 1024.
+/// and overlaps packing with sending (measured with `ferry-bench pack`, `pingpong-ddt` and the
+/// halo3d exchange: ferry gains nothing from 128-byte blocks up and pays for staging). Default 128.
 pub(crate) const FERRY_LIBRARY_BLOCK_BYTES: &str = "FERRY_LIBRARY_BLOCK_BYTES";
 
 /// The interposer's settings.
@@ -42,7 +43,7 @@ impl Config {
         Config {
             enabled,
             pack_min_bytes: number(FERRY_PACK_MIN_BYTES, 0),
-            library_block_bytes: number(FERRY_LIBRARY_BLOCK_BYTES, 1024),
+            library_block_bytes: number(FERRY_LIBRARY_BLOCK_BYTES, 128),
         }
     }
 }
