@@ -2,9 +2,10 @@
 //! before it reports, runs its baseline in the same process, prints a table of ratios and can
 //! write one JSON record per case (`--json PATH`).
 //!
-//! Not done yet: `halo3d`, `allreduce`, `gather`, `gnn`, `fabric-sim`, `calibrate`; the
+//! Not done yet: `halo3d`, `allreduce`, `gnn`, `fabric-sim`, `calibrate`; the
 //! issues that build those capabilities add their subcommands here.
 
+mod gather;
 mod p2p;
 mod pack;
 mod pingpong_ddt;
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Zero-copy GPU gather of feature rows from mapped host memory beside CPU gather + copy.
+    Gather(gather::Args),
     /// Point-to-point ping-pong through ferry-comm's MpiComm beside plain rsmpi, under mpirun.
     P2p(p2p::Args),
     /// ferry's pack/unpack beside Open MPI's MPI_Pack/MPI_Unpack on application datatypes.
@@ -34,6 +37,7 @@ fn main() {
     ferry_comm::init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Gather(args) => gather::run(&args),
         Command::P2p(args) => p2p::run(&args),
         Command::Pack(args) => pack::run(&args),
         Command::PingpongDdt(args) => pingpong_ddt::run(&args),

@@ -1,8 +1,31 @@
-//! ferry-zerocopy: GPU threads gather feature rows straight from pinned, device-mapped host memory.
+//! ferry-zerocopy: GPU threads gather feature rows straight from pinned, device-mapped host
+//! memory (PyTorch-Direct, Min et al. VLDB'21; DGL's UVA index-select).
 //!
-//! This crate will hold `HostTable` (pinned + mapped or registered feature tables), the gather
-//! kernels (128-byte-aligned warp accesses, vector widths from alignment, optional index sort),
-//! the double-buffered `GatherPipeline`, and the CPU-gather baseline.
+//! | concept | ferry-zerocopy |
+//! | --- | --- |
+//! | feature table in `cuMemHostAlloc(DEVICEMAP)` / `cuMemHostRegister` memory | [`HostTable`], [`TableView`] |
+//! | UVA index-select kernel | [`Gatherer`], [`GatherOptions`], [`IndexBatch`] |
+//! | launch shape (vector width, lanes per row, 128-byte alignment) | [`launch_shape`], [`LaunchShape`] |
+//! | double-buffered batches on a stream with events | [`GatherPipeline`] |
+//! | CPU gather + `cudaMemcpy` baseline | [`CpuGather`], [`gather_rows_cpu`] |
+//! | sequential mapped read (the ceiling) | [`stream_copy`] |
 //!
-//! Not done yet: everything above; the zero-copy gather issue fills it. The buffers it builds
-//! on (`ferry_gpu::MappedHostBuffer`, `ferry_gpu::HostRegistration`) exist already.
+//! Not done yet: asynchronous index uploads in the pipeline, read-only registration of files,
+//! multi-GPU tables.
+
+mod cpu;
+mod error;
+mod gather;
+mod index;
+mod kernel;
+mod pipeline;
+mod shape;
+mod table;
+
+pub use cpu::{CpuGather, gather_rows_cpu};
+pub use error::{Result, ZeroCopyError};
+pub use gather::{GatherOptions, Gatherer, IndexBatch, stream_copy};
+pub use index::{GatherIndex, sort_with_positions, validate_indices};
+pub use pipeline::GatherPipeline;
+pub use shape::{LaunchShape, align_shift_words, launch_shape, vector_bytes};
+pub use table::{HostTable, TableView, pattern_byte};

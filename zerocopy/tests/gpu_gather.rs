@@ -1,0 +1,319 @@
+//! GPU tests of the zero-copy gather against a CPU reference: many row sizes, unaligned table
+//! bases, i32 and i64 indices, duplicates, sorting, empty batches and out-of-range indices.
+//! Each test prints `skipped: ...` and passes on machines without a GPU.
+
+use ferry_gpu::{DeviceBuffer, Gpu, gpu_available};
+use ferry_zerocopy::{
+    CpuGather, GatherIndex, GatherOptions, GatherPipeline, Gatherer, HostTable, TableView,
+    ZeroCopyError, stream_copy,
+};
+
+fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match gpu_available() {
+        Ok(()) => Some(Gpu::open(0).expect("device 0 opened a moment ago")),
+        Err(why) => {
+            println!("skipped: {test}: no GPU ({why})");
+            None
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so failures reproduce from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn indices<I: GatherIndex + TryFrom<usize>>(rng: &mut Rng, n: usize, rows: usize) -> Vec<I> {
+    (0..n)
+        .map(|_| {
+            I::try_from(rng.below(rows))
+                .ok()
+                .expect("index fits the type")
+        })
+        .collect()
+}
+
+fn reference<I: GatherIndex>(table: TableView<'_>, idx: &[I]) -> Vec<u8> {
+    // A plain loop, independent of the crate's own CPU gather.
+    let mut want = Vec::with_capacity(idx.len() * table.row_bytes());
+    for &i in idx {
+        want.extend_from_slice(table.row(i.to_i64() as usize));
+    }
+    want
+}
+
+fn check<I: GatherIndex + TryFrom<usize>>(
+    gpu: &Gpu,
+    table: &HostTable,
+    offset: usize,
+    row_bytes: usize,
+    options: GatherOptions,
+    seed: u64,
+) {
+    let rows = (table.len_bytes() - offset) / row_bytes;
+    let view = table.view_at(offset, rows, row_bytes).unwrap();
+    let mut rng = Rng(seed | 1);
+    let n = 1075;
+    let mut idx: Vec<I> = indices(&mut rng, n, rows);
+    // Duplicates: repeat a few indices.
+    for k in 0..20 {
+        idx[k * 7] = idx[3];
+    }
+    let mut g = Gatherer::new(gpu, options).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(n * row_bytes).unwrap();
+    g.gather(view, &idx, &mut out).unwrap_or_else(|e| {
+        panic!("gather failed: row {row_bytes} offset {offset} seed {seed} {options:?}: {e}")
+    });
+    let got = out.clone_dtoh().unwrap();
+    let want = reference(view, &idx);
+    if got != want {
+        let k = (0..n)
+            .find(|&k| {
+                got[k * row_bytes..(k + 1) * row_bytes] != want[k * row_bytes..(k + 1) * row_bytes]
+            })
+            .unwrap();
+        panic!(
+            "mismatch at row {k} (index {}): row_bytes {row_bytes} offset {offset} seed {seed} \
+             {} {options:?} shape {:?}",
+            idx[k].to_i64(),
+            std::any::type_name::<I>(),
+            g.shape(&view, &out)
+        );
+    }
+}
+
+const ROW_SIZES: [usize; 16] = [
+    4, 8, 12, 16, 24, 64, 100, 128, 132, 200, 256, 384, 512, 1000, 1024, 4096,
+];
+
+#[test]
+fn gather_matches_reference_for_many_row_sizes() {
+    let Some(gpu) = gpu_or_skip("gather_matches_reference_for_many_row_sizes") else {
+        return;
+    };
+    let mut table = HostTable::alloc(&gpu, 2048, 4096 + 64).unwrap();
+    table.fill_pattern(7);
+    let variants = [
+        GatherOptions::default(),
+        GatherOptions {
+            align_lines: false,
+            ..Default::default()
+        },
+        GatherOptions {
+            sort: true,
+            ..Default::default()
+        },
+        GatherOptions {
+            unroll: 1,
+            max_threads: Some(256),
+            ..Default::default()
+        },
+    ];
+    for (v, options) in variants.into_iter().enumerate() {
+        for (s, &rb) in ROW_SIZES.iter().enumerate() {
+            for offset in [0usize, 4, 8, 36] {
+                if offset % 4 != 0 && rb % 4 == 0 {
+                    continue;
+                }
+                let seed = (v * 1000 + s * 10) as u64 + offset as u64;
+                check::<i32>(&gpu, &table, offset, rb, options, seed);
+                check::<i64>(&gpu, &table, offset, rb, options, seed + 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn gather_handles_byte_aligned_rows() {
+    let Some(gpu) = gpu_or_skip("gather_handles_byte_aligned_rows") else {
+        return;
+    };
+    let mut table = HostTable::alloc(&gpu, 512, 300).unwrap();
+    table.fill_pattern(11);
+    for rb in [1usize, 3, 6, 7, 130, 257] {
+        for offset in [0usize, 1, 3] {
+            check::<i32>(
+                &gpu,
+                &table,
+                offset,
+                rb,
+                GatherOptions::default(),
+                rb as u64,
+            );
+        }
+    }
+}
+
+#[test]
+fn registered_table_gathers_like_allocated() {
+    let Some(gpu) = gpu_or_skip("registered_table_gathers_like_allocated") else {
+        return;
+    };
+    let data: Vec<u32> = (0..1000u32 * 64).collect();
+    let table = HostTable::register(&gpu, data, 64).unwrap();
+    assert_eq!((table.rows(), table.row_bytes()), (1000, 256));
+    check::<i64>(&gpu, &table, 0, 256, GatherOptions::default(), 5);
+}
+
+#[test]
+fn empty_batch_is_a_no_op() {
+    let Some(gpu) = gpu_or_skip("empty_batch_is_a_no_op") else {
+        return;
+    };
+    let table = HostTable::alloc(&gpu, 16, 64).unwrap();
+    let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(0).unwrap();
+    g.gather::<i32>(table.view(), &[], &mut out).unwrap();
+    g.gather_device(
+        table.view(),
+        &g.stream().clone_htod::<i64>(&[]).unwrap(),
+        &mut out,
+    )
+    .unwrap();
+}
+
+#[test]
+fn out_of_range_index_is_an_error_naming_it() {
+    let Some(gpu) = gpu_or_skip("out_of_range_index_is_an_error_naming_it") else {
+        return;
+    };
+    let mut table = HostTable::alloc(&gpu, 100, 256).unwrap();
+    table.fill_pattern(3);
+    for sort in [false, true] {
+        let mut g = Gatherer::new(
+            &gpu,
+            GatherOptions {
+                sort,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(5 * 256).unwrap();
+        let err = g
+            .gather(table.view(), &[1i64, 99, 100, 7, -2], &mut out)
+            .unwrap_err();
+        let want_pos = if sort { 4 } else { 2 };
+        match err {
+            ZeroCopyError::IndexOutOfRange {
+                position,
+                index,
+                rows,
+            } => {
+                assert_eq!(rows, 100);
+                assert_eq!(position, want_pos, "sort {sort}: {err}");
+                assert_eq!(index, if position == 2 { 100 } else { -2 });
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+        // The good rows around it were still gathered, and the next batch works.
+        let idx = [5i32, 6];
+        let mut out2: DeviceBuffer<u8> = g.stream().alloc_zeros(2 * 256).unwrap();
+        g.gather(table.view(), &idx, &mut out2).unwrap();
+        assert_eq!(out2.clone_dtoh().unwrap(), reference(table.view(), &idx));
+    }
+    let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+    let idx = g.stream().clone_htod(&[0i32, 1, 1000]).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(3 * 256).unwrap();
+    let err = g.gather_device(table.view(), &idx, &mut out).unwrap_err();
+    assert!(
+        err.to_string().contains("index 1000 at position 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cpu_gather_and_stream_copy_match() {
+    let Some(gpu) = gpu_or_skip("cpu_gather_and_stream_copy_match") else {
+        return;
+    };
+    let mut table = HostTable::alloc(&gpu, 1000, 512).unwrap();
+    table.fill_pattern(9);
+    let idx: Vec<i64> = (0..777).map(|k| (k * 31 % 1000) as i64).collect();
+    let mut cpu = CpuGather::new(&gpu, idx.len() * 512).unwrap();
+    let stream = gpu.new_stream().unwrap();
+    let mut out: DeviceBuffer<u8> = stream.alloc_zeros(idx.len() * 512).unwrap();
+    cpu.gather(table.view(), &idx, &mut out).unwrap();
+    assert_eq!(out.clone_dtoh().unwrap(), reference(table.view(), &idx));
+    let ms = stream_copy(&stream, table.view(), &mut out).unwrap();
+    assert!(ms >= 0.0);
+    assert_eq!(
+        out.clone_dtoh().unwrap(),
+        table.as_bytes()[..idx.len() * 512]
+    );
+}
+
+#[test]
+fn pipeline_delivers_every_batch_in_order() {
+    let Some(gpu) = gpu_or_skip("pipeline_delivers_every_batch_in_order") else {
+        return;
+    };
+    let mut table = HostTable::alloc(&gpu, 5000, 384).unwrap();
+    table.fill_pattern(21);
+    let mut rng = Rng(77);
+    let batches: Vec<Vec<i32>> = [1000usize, 17, 0, 1000, 999]
+        .iter()
+        .map(|&n| indices(&mut rng, n, 5000))
+        .collect();
+    for sort in [false, true] {
+        let options = GatherOptions {
+            sort,
+            ..Default::default()
+        };
+        let mut p = GatherPipeline::new(&gpu, table.view(), 1000, options).unwrap();
+        let mut seen = Vec::new();
+        p.run(&batches, |b, out, rows| {
+            let got = out.clone_dtoh().unwrap();
+            assert_eq!(rows, batches[b].len());
+            assert_eq!(
+                got[..rows * 384],
+                reference(table.view(), &batches[b])[..],
+                "batch {b} sort {sort}"
+            );
+            seen.push(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+        let bad = vec![vec![1i32, 2], vec![3, 5000]];
+        let err = p.run(&bad, |_, _, _| Ok(())).unwrap_err();
+        assert!(
+            err.to_string().contains("index 5000 at position 1"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn file_and_anonymous_tables_gather_like_allocated() {
+    let Some(gpu) = gpu_or_skip("file_and_anonymous_tables_gather_like_allocated") else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("ferry-zerocopy-{}.bin", std::process::id()));
+    let bytes: Vec<u8> = (0..3000 * 200).map(|i| (i * 7 + i / 200) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let table = HostTable::map_file(&gpu, &path, 200).unwrap();
+    assert_eq!((table.rows(), table.row_bytes()), (3000, 200));
+    assert_eq!(table.as_bytes(), &bytes[..]);
+    check::<i32>(&gpu, &table, 0, 200, GatherOptions::default(), 13);
+    drop(table);
+    std::fs::remove_file(&path).unwrap();
+    let err = HostTable::map_file(&gpu, &path, 200).unwrap_err();
+    assert!(err.to_string().contains("opening"), "{err}");
+
+    for huge in [false, true] {
+        let mut table = HostTable::alloc_registered(&gpu, 4096, 512, huge).unwrap();
+        table.fill_pattern(17);
+        check::<i64>(&gpu, &table, 0, 512, GatherOptions::default(), 19);
+    }
+}
