@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// instead of `cuMemHostAlloc`.
     #[arg(long)]
     huge_pages: bool,
+    /// Build the table from reserved 2 MiB huge pages (MAP_HUGETLB), pinned in place; reserve
+    /// them first (`echo N > /proc/sys/vm/nr_hugepages`).
+    #[arg(long)]
+    hugetlb: bool,
     /// Seed of the index generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -209,7 +213,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         "gather: pinning and filling a {table_bytes}-byte table on {}",
         gpu.name()
     );
-    let mut table = if args.huge_pages {
+    let mut table = if args.hugetlb {
+        HostTable::alloc_hugetlb(&gpu, table_bytes / 64, 64)
+    } else if args.huge_pages {
         HostTable::alloc_registered(&gpu, table_bytes / 64, 64, true)
     } else {
         HostTable::alloc(&gpu, table_bytes / 64, 64)

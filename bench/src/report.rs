@@ -35,7 +35,10 @@ fn machine() -> serde_json::Value {
         })
         .map(|v| v.trim().to_string());
     // All the host's logical CPUs (not this process's affinity, which mpirun narrows).
-    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let gpu = ferry_gpu::Gpu::open(0).ok().map(|g| g.name().to_string());
     let driver = std::fs::read_to_string("/proc/driver/nvidia/version")
         .ok()

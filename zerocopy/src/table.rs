@@ -133,6 +133,26 @@ impl HostTable {
         row_bytes: usize,
         huge_pages: bool,
     ) -> Result<Self> {
+        Self::alloc_anonymous(
+            gpu,
+            rows,
+            row_bytes,
+            if huge_pages {
+                Pages::Transparent
+            } else {
+                Pages::Normal
+            },
+        )
+    }
+
+    /// Allocates a zero-filled table from the kernel's reserved 2 MiB huge pages
+    /// (`MAP_HUGETLB`; reserve them first, e.g. `echo N > /proc/sys/vm/nr_hugepages`) and pins
+    /// it in place. Fails with a clear error when too few huge pages are reserved.
+    pub fn alloc_hugetlb(gpu: &Gpu, rows: usize, row_bytes: usize) -> Result<Self> {
+        Self::alloc_anonymous(gpu, rows, row_bytes, Pages::HugeTlb)
+    }
+
+    fn alloc_anonymous(gpu: &Gpu, rows: usize, row_bytes: usize, pages: Pages) -> Result<Self> {
         let bytes = table_bytes(rows, row_bytes)?;
         if bytes == 0 {
             return Self::alloc(gpu, rows, row_bytes);
@@ -141,23 +161,24 @@ impl HostTable {
             what: format!("{what} {bytes} bytes of anonymous memory"),
             message: e.to_string(),
         };
-        let mut map = memmap2::MmapOptions::new()
-            .len(bytes)
-            .map_anon()
-            .map_err(|e| io("mapping", e))?;
+        let mut options = memmap2::MmapOptions::new();
+        options.len(bytes);
+        if pages == Pages::HugeTlb {
+            // 2^21 bytes: the x86-64 2 MiB huge page. The length must be a multiple of it.
+            options.huge(Some(21)).len(bytes.div_ceil(1 << 21) << 21);
+        }
+        let mut map = options.map_anon().map_err(|e| io("mapping", e))?;
         #[cfg(target_os = "linux")]
-        if huge_pages {
+        if pages == Pages::Transparent {
             map.advise(memmap2::Advice::HugePage)
                 .map_err(|e| io("asking for huge pages for", e))?;
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = huge_pages;
         // Touch every page so that it is backed (by huge pages where granted) before pinning.
         map.par_chunks_mut(4096).for_each(|p| p[0] = 0);
         let ptr = map.as_mut_ptr();
         // SAFETY: `ptr..ptr+bytes` is the mapping, which lives in `_owner` (moving `MmapMut`
         // does not move the pages) until after the registration is dropped (field order).
-        let reg = unsafe { HostRegistration::from_raw(gpu, ptr, bytes) }.map_err(|source| {
+        let reg = unsafe { HostRegistration::from_raw(gpu, ptr, map.len()) }.map_err(|source| {
             ZeroCopyError::Pin {
                 bytes,
                 how: "cuMemHostRegister",
@@ -390,4 +411,15 @@ impl<'a> From<&'a HostTable> for TableView<'a> {
     fn from(t: &'a HostTable) -> Self {
         t.view()
     }
+}
+
+/// Which pages back an anonymous table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pages {
+    /// The kernel's default 4 KiB pages.
+    Normal,
+    /// Transparent huge pages, asked for with `madvise`.
+    Transparent,
+    /// Reserved 2 MiB huge pages (`MAP_HUGETLB`).
+    HugeTlb,
 }
