@@ -174,6 +174,41 @@ pub unsafe extern "C" fn MPI_Type_free(datatype: *mut MPI_Datatype) -> c_int {
     rc
 }
 
+/// The step MPI_Pack and MPI_Unpack share: if ferry handles `count` elements of `datatype`
+/// and the packed range `[*position, *position + bytes)` fits the packed buffer's `capacity`,
+/// runs `copy(type, pos, bytes)` and advances `*position`. Returns `None` (the call passes
+/// through to the library, which reports any error itself) otherwise, or if `copy` failed.
+///
+/// # Safety
+/// `position` must be null or the application's valid position pointer.
+unsafe fn at_position(
+    datatype: MPI_Datatype,
+    count: c_int,
+    user_null: bool,
+    packed_null: bool,
+    capacity: c_int,
+    position: *mut c_int,
+    copy: impl FnOnce(&TypeEntry, usize, usize) -> bool,
+) -> Option<c_int> {
+    let s = active()?;
+    if position.is_null() || packed_null {
+        return None;
+    }
+    let (ty, bytes) = plan(s, datatype, count, user_null)?;
+    // SAFETY: checked non-null; the application's position.
+    let pos = unsafe { *position };
+    if pos < 0 || (pos as usize).saturating_add(bytes) > capacity.max(0) as usize {
+        return None;
+    }
+    if !copy(&ty, pos as usize, bytes) {
+        return None;
+    }
+    // SAFETY: checked non-null above.
+    unsafe { *position = pos + bytes as c_int };
+    Stats::bump(&s.stats.packs);
+    Some(SUCCESS)
+}
+
 /// MPI_Pack (MPI-3.1 §4.2).
 ///
 /// # Safety
@@ -189,42 +224,36 @@ pub unsafe extern "C" fn MPI_Pack(
     comm: MPI_Comm,
 ) -> c_int {
     guard("MPI_Pack", || {
-        if let (Some(s), false) = (active(), position.is_null()) {
-            if let Some((ty, bytes)) = plan(s, datatype, incount, inbuf.is_null()) {
-                // SAFETY: checked non-null; the application's position.
-                let pos = unsafe { *position };
-                if pos >= 0
-                    && !outbuf.is_null()
-                    && (pos as usize).saturating_add(bytes) <= outsize.max(0) as usize
-                {
-                    // SAFETY: MPI_Pack's contract: `inbuf` holds `incount` elements and `outbuf`
-                    // has `outsize` bytes, of which [pos, pos+bytes) were checked to fit.
-                    let done = unsafe {
-                        ty.committed.pack_raw(
-                            inbuf.cast(),
-                            incount as usize,
-                            outbuf.cast::<u8>().add(pos as usize),
-                            0,
-                            bytes,
-                        )
-                    };
-                    if done.is_err() {
-                        // SAFETY: forwarded unchanged; ferry wrote nothing.
-                        return unsafe {
-                            ffi::PMPI_Pack(
-                                inbuf, incount, datatype, outbuf, outsize, position, comm,
-                            )
-                        };
-                    }
-                    // SAFETY: checked non-null above.
-                    unsafe { *position = pos + bytes as c_int };
-                    Stats::bump(&s.stats.packs);
-                    return SUCCESS;
-                }
+        let pack = |ty: &TypeEntry, pos: usize, bytes: usize| {
+            // SAFETY: MPI_Pack's contract: `inbuf` holds `incount` elements and `outbuf` has
+            // `outsize` bytes, of which [pos, pos+bytes) were checked to fit.
+            unsafe {
+                ty.committed.pack_raw(
+                    inbuf.cast(),
+                    incount as usize,
+                    outbuf.cast::<u8>().add(pos),
+                    0,
+                    bytes,
+                )
             }
-        }
+            .is_ok()
+        };
+        // SAFETY: the application's position pointer.
+        let served = unsafe {
+            at_position(
+                datatype,
+                incount,
+                inbuf.is_null(),
+                outbuf.is_null(),
+                outsize,
+                position,
+                pack,
+            )
+        };
         // SAFETY: forwarded unchanged (also when the arguments are bad: the library reports it).
-        unsafe { ffi::PMPI_Pack(inbuf, incount, datatype, outbuf, outsize, position, comm) }
+        served.unwrap_or_else(|| unsafe {
+            ffi::PMPI_Pack(inbuf, incount, datatype, outbuf, outsize, position, comm)
+        })
     })
 }
 
@@ -243,42 +272,36 @@ pub unsafe extern "C" fn MPI_Unpack(
     comm: MPI_Comm,
 ) -> c_int {
     guard("MPI_Unpack", || {
-        if let (Some(s), false) = (active(), position.is_null()) {
-            if let Some((ty, bytes)) = plan(s, datatype, outcount, outbuf.is_null()) {
-                // SAFETY: checked non-null; the application's position.
-                let pos = unsafe { *position };
-                if pos >= 0
-                    && !inbuf.is_null()
-                    && (pos as usize).saturating_add(bytes) <= insize.max(0) as usize
-                {
-                    // SAFETY: MPI_Unpack's contract: `inbuf` has `insize` bytes, of which
-                    // [pos, pos+bytes) were checked, and `outbuf` holds `outcount` elements.
-                    let done = unsafe {
-                        ty.committed.unpack_raw(
-                            inbuf.cast::<u8>().add(pos as usize),
-                            outcount as usize,
-                            outbuf.cast(),
-                            0,
-                            bytes,
-                        )
-                    };
-                    if done.is_err() {
-                        // SAFETY: forwarded unchanged; ferry wrote nothing.
-                        return unsafe {
-                            ffi::PMPI_Unpack(
-                                inbuf, insize, position, outbuf, outcount, datatype, comm,
-                            )
-                        };
-                    }
-                    // SAFETY: checked non-null above.
-                    unsafe { *position = pos + bytes as c_int };
-                    Stats::bump(&s.stats.packs);
-                    return SUCCESS;
-                }
+        let unpack = |ty: &TypeEntry, pos: usize, bytes: usize| {
+            // SAFETY: MPI_Unpack's contract: `inbuf` has `insize` bytes, of which [pos, pos+bytes)
+            // were checked, and `outbuf` holds `outcount` elements.
+            unsafe {
+                ty.committed.unpack_raw(
+                    inbuf.cast::<u8>().add(pos),
+                    outcount as usize,
+                    outbuf.cast(),
+                    0,
+                    bytes,
+                )
             }
-        }
+            .is_ok()
+        };
+        // SAFETY: the application's position pointer.
+        let served = unsafe {
+            at_position(
+                datatype,
+                outcount,
+                outbuf.is_null(),
+                inbuf.is_null(),
+                insize,
+                position,
+                unpack,
+            )
+        };
         // SAFETY: forwarded unchanged.
-        unsafe { ffi::PMPI_Unpack(inbuf, insize, position, outbuf, outcount, datatype, comm) }
+        served.unwrap_or_else(|| unsafe {
+            ffi::PMPI_Unpack(inbuf, insize, position, outbuf, outcount, datatype, comm)
+        })
     })
 }
 
