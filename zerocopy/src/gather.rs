@@ -9,7 +9,7 @@ use ferry_gpu::{DeviceBuffer, Gpu, LaunchConfig, Stream};
 
 use crate::error::{Result, ZeroCopyError, invalid};
 use crate::index::{GatherIndex, sort_with_positions};
-use crate::kernel::{GATHER_SRC, STREAM_COPY_SRC};
+use crate::kernel::{BUCKET_SRC, GATHER_SRC, STREAM_COPY_SRC};
 use crate::shape::{LaunchShape, launch_shape};
 use crate::table::TableView;
 
@@ -182,6 +182,96 @@ impl Gatherer {
             Some(k) => Err(ZeroCopyError::IndexOutOfRange {
                 position: k,
                 index: indices.clone_dtoh()?[k].to_i64(),
+                rows: table.rows(),
+            }),
+        }
+    }
+
+    /// Gathers with indices already on the device after bucketing them on the GPU by 64 KiB
+    /// windows of the table (a one-pass counting sort, [`BUCKET_SRC`]), so the rows are read
+    /// window by window in address order and written to their original positions. Returns the
+    /// GPU time of bucketing and gathering together, in milliseconds; blocks until done.
+    pub fn gather_device_bucketed<I: GatherIndex>(
+        &mut self,
+        table: TableView<'_>,
+        indices: &DeviceBuffer<I>,
+        out: &mut DeviceBuffer<u8>,
+    ) -> Result<f32> {
+        let n = indices.len();
+        if n == 0 {
+            return self.launch(table, indices, None, out);
+        }
+        check_sizes(&table, indices, None, out)?;
+        // 1. Buckets of at least one row and about 64 KiB of table each.
+        let rows_per_window = (65536 / table.row_bytes().max(1)).max(1);
+        let shift = (usize::BITS - 1 - rows_per_window.leading_zeros()) as i32;
+        let nb = (table.rows() >> shift) + 1;
+        let stream = self.stream().clone();
+        let mut counts: DeviceBuffer<u32> = stream.alloc_zeros(nb)?;
+        let mut sorted: DeviceBuffer<I> = stream.alloc_zeros(n)?;
+        let mut pos: DeviceBuffer<i64> = stream.alloc_zeros(n)?;
+        let defines = [format!("-DIDX_BITS={}", 8 * size_of::<I>())];
+        let defines: Vec<&str> = defines.iter().map(String::as_str).collect();
+        let gpu = stream.gpu().clone();
+        let zero = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_zero", &defines)?;
+        let count = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_count", &defines)?;
+        let scan = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_scan", &defines)?;
+        let scatter = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_scatter", &defines)?;
+        let grid = |items: usize| LaunchConfig {
+            grid_dim: (items.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n64, nb64) = (n as i64, nb as i64);
+        self.bad.copy_htod(&[u64::MAX])?;
+        let start = stream.record_event()?;
+        // SAFETY: for every launch below, the arguments match the kernels' parameters in order and type;
+        // `counts` holds `nb` counters, `sorted` and `pos` hold `n` entries, every kernel loops
+        // below those bounds, and bucket numbers are clamped into `0..nb`. The stream is
+        // synchronized before any buffer is read or dropped.
+        unsafe {
+            zero.launch_builder(&stream)
+                .arg_buffer_mut(&mut counts)
+                .arg(&nb64)
+                .launch(grid(nb))?;
+            count
+                .launch_builder(&stream)
+                .arg_buffer(indices)
+                .arg(&n64)
+                .arg(&shift)
+                .arg_buffer_mut(&mut counts)
+                .arg(&nb64)
+                .launch(grid(n))?;
+            let one_block = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            scan.launch_builder(&stream)
+                .arg_buffer_mut(&mut counts)
+                .arg(&nb64)
+                .launch(one_block)?;
+            scatter
+                .launch_builder(&stream)
+                .arg_buffer(indices)
+                .arg(&n64)
+                .arg(&shift)
+                .arg_buffer_mut(&mut counts)
+                .arg(&nb64)
+                .arg_buffer_mut(&mut sorted)
+                .arg_buffer_mut(&mut pos)
+                .launch(grid(n))?;
+            self.launcher
+                .enqueue(table, &sorted, Some(&pos), out, &mut self.bad)?;
+        }
+        let end = stream.record_event()?;
+        stream.synchronize()?;
+        let ms = start.elapsed_ms(&end)?;
+        match self.first_bad()? {
+            None => Ok(ms),
+            Some(k) => Err(ZeroCopyError::IndexOutOfRange {
+                position: pos.clone_dtoh()?[k] as usize,
+                index: sorted.clone_dtoh()?[k].to_i64(),
                 rows: table.rows(),
             }),
         }

@@ -1,7 +1,7 @@
 //! Index types the gathers accept ([`GatherIndex`]: `i32`, `i64`), host-side validation, and
 //! the optional sort of a batch with the permutation back to output positions.
 
-use ferry_gpu::{DeviceRepr, Plain};
+use ferry_gpu::{DeviceRepr, Plain, ValidAsZeroBits};
 use rayon::prelude::*;
 
 use crate::error::{Result, ZeroCopyError};
@@ -13,7 +13,7 @@ mod sealed {
 }
 
 /// An integer type of row indices: `i32` or `i64`.
-pub trait GatherIndex: Plain + DeviceRepr + Ord + sealed::Sealed {
+pub trait GatherIndex: Plain + DeviceRepr + ValidAsZeroBits + Ord + sealed::Sealed {
     /// The CUDA C type of the same width.
     const C_TYPE: &'static str;
     /// The index as `i64`.

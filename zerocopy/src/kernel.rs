@@ -124,3 +124,78 @@ extern "C" __global__ void ferry_stream_copy(
     }
 }
 "#;
+
+/// Bucketing of indices on the GPU, so the gather visits the table in address order window by
+/// window (a one-pass counting sort on `idx >> SHIFT`): random rows of a large table otherwise
+/// cost the GPU one address translation each. Kernels:
+/// 1. `ferry_bucket_zero`: clears the `nb` bucket counters.
+/// 2. `ferry_bucket_count`: counts indices per bucket (out-of-range ones go to the last bucket;
+///    the gather reports them).
+/// 3. `ferry_bucket_scan`: one block turns counts into exclusive offsets, in place.
+/// 4. `ferry_bucket_scatter`: writes each index and its original position to its bucket's
+///    next slot.
+pub(crate) const BUCKET_SRC: &str = r#"
+#if IDX_BITS == 64
+typedef long long idx_t;
+#else
+typedef int idx_t;
+#endif
+
+__device__ long long bucket_of(long long r, int shift, long long nb) {
+    if (r < 0) return nb - 1;
+    long long b = r >> shift;
+    return b < nb ? b : nb - 1;
+}
+
+extern "C" __global__ void ferry_bucket_zero(unsigned int* counts, long long nb) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < nb;
+         i += (long long)gridDim.x * blockDim.x) {
+        counts[i] = 0u;
+    }
+}
+
+extern "C" __global__ void ferry_bucket_count(
+    const idx_t* __restrict__ idx, long long n, int shift, unsigned int* counts, long long nb)
+{
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n;
+         k += (long long)gridDim.x * blockDim.x) {
+        atomicAdd(&counts[bucket_of((long long)idx[k], shift, nb)], 1u);
+    }
+}
+
+extern "C" __global__ void ferry_bucket_scan(unsigned int* counts, long long nb) {
+    __shared__ unsigned long long part[1024];
+    const long long per = (nb + 1023) / 1024;
+    const long long lo = (long long)threadIdx.x * per;
+    const long long hi = lo + per < nb ? lo + per : nb;
+    unsigned long long sum = 0;
+    for (long long i = lo; i < hi; ++i) sum += counts[i];
+    part[threadIdx.x] = sum;
+    __syncthreads();
+    for (int off = 1; off < 1024; off <<= 1) {
+        unsigned long long v = threadIdx.x >= off ? part[threadIdx.x - off] : 0ull;
+        __syncthreads();
+        part[threadIdx.x] += v;
+        __syncthreads();
+    }
+    unsigned long long run = threadIdx.x > 0 ? part[threadIdx.x - 1] : 0ull;
+    for (long long i = lo; i < hi; ++i) {
+        unsigned int c = counts[i];
+        counts[i] = (unsigned int)run;
+        run += c;
+    }
+}
+
+extern "C" __global__ void ferry_bucket_scatter(
+    const idx_t* __restrict__ idx, long long n, int shift, unsigned int* cursor, long long nb,
+    idx_t* __restrict__ sorted, long long* __restrict__ pos)
+{
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n;
+         k += (long long)gridDim.x * blockDim.x) {
+        const idx_t r = idx[k];
+        const unsigned int p = atomicAdd(&cursor[bucket_of((long long)r, shift, nb)], 1u);
+        sorted[p] = r;
+        pos[p] = k;
+    }
+}
+"#;

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | feature table in `cuMemHostAlloc(DEVICEMAP)` / `cuMemHostRegister` memory | [`HostTable`], [`TableView`] |
 //! | UVA index-select kernel | [`Gatherer`], [`GatherOptions`], [`IndexBatch`] |
+//! | indices sorted on the GPU by table window first (the fast path for random rows) | [`Gatherer::gather_device_bucketed`] |
 //! | launch shape (vector width, lanes per row, 128-byte alignment) | [`launch_shape`], [`LaunchShape`] |
 //! | double-buffered batches on a stream with events | [`GatherPipeline`] |
 //! | CPU gather + `cudaMemcpy` baseline | [`CpuGather`], [`gather_rows_cpu`] |

@@ -317,3 +317,57 @@ fn file_and_anonymous_tables_gather_like_allocated() {
         check::<i64>(&gpu, &table, 0, 512, GatherOptions::default(), 19);
     }
 }
+
+#[test]
+fn bucketed_gather_matches_reference() {
+    let Some(gpu) = gpu_or_skip("bucketed_gather_matches_reference") else {
+        return;
+    };
+    // 8 MiB: several 64 KiB buckets for every row size, and a partial last bucket.
+    let mut table = HostTable::alloc(&gpu, 2048, 4096 + 8).unwrap();
+    table.fill_pattern(11);
+    for (s, &rb) in [4usize, 12, 64, 100, 128, 1000, 4096].iter().enumerate() {
+        let rows = table.len_bytes() / rb;
+        let view = table.view_at(0, rows, rb).unwrap();
+        let mut rng = Rng(97 + s as u64);
+        for n in [1usize, 17, 5000] {
+            let mut idx: Vec<i64> = indices(&mut rng, n, rows);
+            if n > 20 {
+                for k in 0..20 {
+                    idx[k * 3] = idx[1]; // duplicates
+                }
+                idx[n - 1] = (rows - 1) as i64; // the last row, in the last bucket
+            }
+            let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+            let dev = g.stream().clone_htod(&idx).unwrap();
+            let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(n * rb).unwrap();
+            g.gather_device_bucketed(view, &dev, &mut out)
+                .unwrap_or_else(|e| panic!("row {rb}, n {n}: {e}"));
+            assert!(
+                out.clone_dtoh().unwrap() == reference(view, &idx),
+                "bucketed gather differs: row {rb}, n {n}"
+            );
+            let idx32: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+            let dev32 = g.stream().clone_htod(&idx32).unwrap();
+            g.gather_device_bucketed(view, &dev32, &mut out).unwrap();
+            assert!(
+                out.clone_dtoh().unwrap() == reference(view, &idx32),
+                "i32, row {rb}, n {n}"
+            );
+        }
+    }
+    // An out-of-range index is reported with its original position.
+    let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+    let idx = g.stream().clone_htod(&[3i64, 2047, 2048, 5]).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(4 * (4096 + 8)).unwrap();
+    match g.gather_device_bucketed(table.view(), &idx, &mut out) {
+        Err(ZeroCopyError::IndexOutOfRange {
+            position,
+            index,
+            rows,
+        }) => {
+            assert_eq!((position, index, rows), (2, 2048, 2048));
+        }
+        other => panic!("expected an out-of-range error, got {other:?}"),
+    }
+}
