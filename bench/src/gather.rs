@@ -68,17 +68,16 @@ struct Record {
     batch: usize,
     dist: String,
     ferry_gbs: f64,
+    /// Without the GPU bucketing of indices.
+    ferry_unsorted_gbs: f64,
     ferry_no_align_gbs: f64,
     ferry_sort_gbs: f64,
-    /// Indices bucketed on the GPU by 64 KiB table windows first; the bucketing is timed too.
-    ferry_bucket_gbs: f64,
     cpu_gbs: f64,
     sm_read_gbs: f64,
     h2d_gbs: f64,
-    /// ferry's GPU-bucketed gather (its recommended path, bucketing included) GB/s /
-    /// sequential SM read GB/s.
+    /// ferry (default options: GPU bucketing included in the time) GB/s / sequential SM read.
     fraction_of_sm_read: f64,
-    /// ferry's GPU-bucketed gather GB/s / tuned torch GB/s, when `--torch-json` is given.
+    /// ferry GB/s / tuned torch GB/s, when `--torch-json` is given.
     vs_torch: Option<f64>,
     checked: bool,
 }
@@ -184,30 +183,6 @@ fn time_ferry(
     Ok(gbs(idx.len() * view.row_bytes(), median(times)))
 }
 
-/// Times the GPU-bucketed gather (bucketing and gathering together) with device indices.
-fn time_bucketed(
-    gpu: &Gpu,
-    options: GatherOptions,
-    view: TableView<'_>,
-    idx: &[i64],
-    out: &mut DeviceBuffer<u8>,
-    reps: usize,
-) -> Result<f64, String> {
-    let err = |e: ferry_zerocopy::ZeroCopyError| format!("bucketed: {e}");
-    let mut g = Gatherer::new(gpu, options).map_err(err)?;
-    let dev = g
-        .stream()
-        .clone_htod(idx)
-        .map_err(|e| format!("bucketed: {e}"))?;
-    g.gather_device_bucketed(view, &dev, out).map_err(err)?; // Warm-up and compile.
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        times.push(g.gather_device_bucketed(view, &dev, out).map_err(err)? as f64);
-    }
-    check_gather("bucketed", view, idx, out)?;
-    Ok(gbs(idx.len() * view.row_bytes(), median(times)))
-}
-
 fn read_torch(path: &PathBuf) -> Result<HashMap<usize, f64>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -257,9 +232,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         "{:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "row_bytes",
         "ferry",
+        "unsorted",
         "no_align",
         "with_sort",
-        "bucketed",
         "cpu",
         "sm_read",
         "h2d",
@@ -290,7 +265,11 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             ..default
         };
         let ferry_sort = time_ferry(&gpu, sort, "with_sort", view, &idx, &mut out, reps)?;
-        let ferry_bucket = time_bucketed(&gpu, default, view, &idx, &mut out, reps)?;
+        let unsorted = GatherOptions {
+            bucket: false,
+            ..default
+        };
+        let ferry_unsorted = time_ferry(&gpu, unsorted, "unsorted", view, &idx, &mut out, reps)?;
 
         let mut times = Vec::with_capacity(reps);
         for _ in 0..=reps {
@@ -333,7 +312,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         let vs_torch = torch
             .as_ref()
             .and_then(|t| t.get(&rb))
-            .map(|&t| ferry_bucket / t);
+            .map(|&t| ferry / t);
         let record = Record {
             bench: "gather",
             row_bytes: rb,
@@ -343,11 +322,11 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             ferry_gbs: ferry,
             ferry_no_align_gbs: ferry_no_align,
             ferry_sort_gbs: ferry_sort,
-            ferry_bucket_gbs: ferry_bucket,
+            ferry_unsorted_gbs: ferry_unsorted,
             cpu_gbs,
             sm_read_gbs: sm_read,
             h2d_gbs: h2d,
-            fraction_of_sm_read: ferry_bucket / sm_read,
+            fraction_of_sm_read: ferry / sm_read,
             vs_torch,
             checked: true,
         };
@@ -355,9 +334,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             "{:>9} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>8}",
             rb,
             ferry,
+            ferry_unsorted,
             ferry_no_align,
             ferry_sort,
-            ferry_bucket,
             cpu_gbs,
             sm_read,
             h2d,
@@ -367,8 +346,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         records.push(record);
     }
     println!(
-        "(GB/s of gathered rows; of_sm = bucketed / sm_read; vs_torch = bucketed / tuned torch; \
-         with_sort times the kernel alone, bucketed includes its GPU bucketing)"
+        "(GB/s of gathered rows; ferry buckets indices on the GPU and that is timed; unsorted \
+         without it; with_sort sorts on the host, untimed; of_sm = ferry / sm_read; \
+         vs_torch = ferry / tuned torch)"
     );
     if let Some(path) = &args.json {
         write_json_lines(path, &records)?;

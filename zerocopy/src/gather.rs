@@ -20,6 +20,10 @@ pub struct GatherOptions {
     pub align_lines: bool,
     /// Sort each batch's indices on the host and gather in sorted order (default off).
     pub sort: bool,
+    /// Bucket each unsorted batch's indices on the GPU by 64 KiB table windows before the
+    /// gather (default on): random rows of a large table otherwise cost the GPU an address
+    /// translation each (see [`Gatherer::gather_device_bucketed`]).
+    pub bucket: bool,
     /// Rows each group of lanes has in flight, 1 to 8 (default 4).
     pub unroll: u32,
     /// Cap on the threads launched; `None` fills every SM (8 blocks of 256 per SM).
@@ -33,6 +37,7 @@ impl Default for GatherOptions {
         GatherOptions {
             align_lines: true,
             sort: false,
+            bucket: true,
             unroll: 4,
             max_threads: None,
             block_threads: 256,
@@ -152,13 +157,17 @@ impl Gatherer {
         batch: &IndexBatch<I>,
         out: &mut DeviceBuffer<u8>,
     ) -> Result<f32> {
+        if self.options().bucket && !batch.is_sorted() {
+            return self.gather_device_bucketed(table, &batch.idx, out);
+        }
         let ms = self.launch(table, &batch.idx, batch.out_pos.as_ref(), out)?;
         match self.first_bad()? {
             None => Ok(ms),
-            Some(k) => {
-                let position = match &batch.positions {
-                    Some(p) => p[k] as usize,
-                    None => k,
+            Some(position) => {
+                // The flag holds the position in the caller's batch; find its index.
+                let k = match &batch.positions {
+                    Some(p) => p.iter().position(|&q| q as usize == position).unwrap_or(0),
+                    None => position,
                 };
                 Err(ZeroCopyError::IndexOutOfRange {
                     position,
@@ -269,9 +278,9 @@ impl Gatherer {
         let ms = start.elapsed_ms(&end)?;
         match self.first_bad()? {
             None => Ok(ms),
-            Some(k) => Err(ZeroCopyError::IndexOutOfRange {
-                position: pos.clone_dtoh()?[k] as usize,
-                index: sorted.clone_dtoh()?[k].to_i64(),
+            Some(position) => Err(ZeroCopyError::IndexOutOfRange {
+                position,
+                index: indices.clone_dtoh()?[position].to_i64(),
                 rows: table.rows(),
             }),
         }

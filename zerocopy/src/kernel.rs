@@ -10,7 +10,9 @@
 ///
 /// Steps, for each group of `TPR` lanes in a grid-stride loop over rows:
 /// 1. Take `UNROLL` rows `k0 + u * groups`; read each index once per lane (a broadcast).
-/// 2. An index outside `0..rows` is not read: lane 0 lowers `*bad` to its position `k`.
+/// 2. An index outside `0..rows` is not read: lane 0 lowers `*bad` to its position in the
+///    caller's batch (`out_pos[k]` when the batch was reordered, else `k`), so the smallest bad
+///    position is reported whatever the order.
 /// 3. For each pass of `TPR` words, load the word of every row in flight, then store them all.
 pub(crate) const GATHER_SRC: &str = r#"
 #if VEC == 16
@@ -60,7 +62,7 @@ extern "C" __global__ void ferry_gather(
                 const long long r = (long long)idx[k];
                 if (r < 0 || r >= rows) {
                     if (lane == 0) {
-                        atomicMin(bad, (unsigned long long)k);
+                        atomicMin(bad, (unsigned long long)(out_pos ? out_pos[k] : k));
                     }
                 } else {
                     const unsigned char* row = table + r * row_bytes;
