@@ -309,10 +309,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         check_prefix("h2d", table.view(), &seq)?;
         let h2d = gbs(seq_bytes, median(times));
 
-        let vs_torch = torch
-            .as_ref()
-            .and_then(|t| t.get(&rb))
-            .map(|&t| ferry / t);
+        let vs_torch = torch.as_ref().and_then(|t| t.get(&rb)).map(|&t| ferry / t);
         let record = Record {
             bench: "gather",
             row_bytes: rb,
