@@ -705,6 +705,27 @@ fn code_of(rc: c_int, status: &MPI_Status) -> c_int {
     }
 }
 
+/// After MPI_Waitall or a successful MPI_Testall returned `rc`: finishes every request of
+/// `saved` that ferry started and that completed (its per-request code is not
+/// MPI_ERR_PENDING).
+///
+/// # Safety
+/// `out` must hold one status per entry of `saved`, written by the library.
+unsafe fn complete_all(s: &state::State, saved: &[MPI_Request], out: *const MPI_Status, rc: c_int) {
+    for (i, h) in saved.iter().enumerate() {
+        // SAFETY: caller contract: `out` holds `saved.len()` statuses.
+        let st = unsafe { &*out.add(i) };
+        let code = code_of(rc, st);
+        if code == ffi::MPI_ERR_PENDING as c_int {
+            continue;
+        }
+        if let Some(p) = s.take_request(*h) {
+            // SAFETY: the request completed.
+            unsafe { finish(s, p, st, code) };
+        }
+    }
+}
+
 /// MPI_Waitall (MPI-3.1 §3.7.5).
 ///
 /// # Safety
@@ -735,18 +756,8 @@ pub unsafe extern "C" fn MPI_Waitall(
         };
         // SAFETY: `out` has room for `count` statuses.
         let rc = unsafe { ffi::PMPI_Waitall(count, requests, out) };
-        for (i, h) in saved.iter().enumerate() {
-            // SAFETY: `out` holds `count` statuses.
-            let st = unsafe { &*out.add(i) };
-            let code = code_of(rc, st);
-            if code == ffi::MPI_ERR_PENDING as c_int {
-                continue;
-            }
-            if let Some(p) = s.take_request(*h) {
-                // SAFETY: the request completed.
-                unsafe { finish(s, p, st, code) };
-            }
-        }
+        // SAFETY: the library filled `out` with `count` statuses.
+        unsafe { complete_all(s, &saved, out, rc) };
         rc
     })
 }
@@ -785,18 +796,8 @@ pub unsafe extern "C" fn MPI_Testall(
         // SAFETY: `flag` is the application's.
         let all_done = !flag.is_null() && unsafe { *flag } != 0;
         if all_done || rc != SUCCESS {
-            for (i, h) in saved.iter().enumerate() {
-                // SAFETY: `out` holds `count` statuses.
-                let st = unsafe { &*out.add(i) };
-                let code = code_of(rc, st);
-                if code == ffi::MPI_ERR_PENDING as c_int || (!all_done && rc == SUCCESS) {
-                    continue;
-                }
-                if let Some(p) = s.take_request(*h) {
-                    // SAFETY: the request completed.
-                    unsafe { finish(s, p, st, code) };
-                }
-            }
+            // SAFETY: the library filled `out` with `count` statuses.
+            unsafe { complete_all(s, &saved, out, rc) };
         }
         rc
     })
