@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::scope::{self, Scope};
+use crate::telemetry::Telemetry;
 
 /// A message tag. Legal tags are `0..=Comm::tag_ub()`.
 pub type Tag = i32;
@@ -133,6 +134,13 @@ pub trait Comm {
 
     /// Returns once every rank has entered the barrier (MPI_Barrier).
     fn barrier(&self) -> Result<()>;
+
+    /// The backend's telemetry buffer, if it records its point-to-point traffic (per peer and
+    /// per rail). Algorithms above the transport record their own operations into it too, so one
+    /// buffer describes the rank. `None` (the default) for backends that do not record.
+    fn telemetry(&self) -> Option<&std::sync::Arc<Telemetry>> {
+        None
+    }
 
     /// Splits into sub-communicators, one per `color`, ordered by (`key`, old rank)
     /// (MPI_Comm_split). A rank that passes `None` takes part but gets no communicator.

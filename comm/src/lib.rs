@@ -18,8 +18,9 @@
 //! Backends: [`MpiComm`] (over the MPI library, under `mpirun`) and [`ThreadComm`] (ranks as
 //! threads). Both pass [`conformance`].
 //!
-//! Not done yet: the multi-rail TCP backend (`TcpComm`) and MPI datatype introspection, which
-//! later issues add.
+//! [`telemetry`] is the bounded record of operations that backends and collectives fill.
+//!
+//! Not done yet: the multi-rail TCP backend (`TcpComm`), which the heterogeneous-NIC issue adds.
 
 mod comm;
 pub mod conformance;
@@ -28,6 +29,7 @@ mod error;
 mod log;
 mod mpi;
 mod scope;
+pub mod telemetry;
 mod thread;
 
 pub use crate::comm::{Comm, Source, Status, Tag, TagMatch};
@@ -35,4 +37,5 @@ pub use crate::error::{Error, Result};
 pub use crate::log::{FERRY_LOG, init_logging};
 pub use crate::mpi::{MpiComm, MpiRequest, MpiRuntime};
 pub use crate::scope::{RecvRequest, Scope, SendRequest, wait_all};
+pub use crate::telemetry::{Record, Telemetry};
 pub use crate::thread::{ThreadComm, ThreadRequest};
