@@ -142,6 +142,28 @@ pub trait Comm {
         None
     }
 
+    /// How many rails (network paths, one per NIC) this backend stripes large messages over;
+    /// 1 for single-path backends.
+    fn rail_count(&self) -> usize {
+        1
+    }
+
+    /// The share of each large message's bytes that each rail carries, summing to 1.
+    fn rail_weights(&self) -> Vec<f64> {
+        vec![1.0; self.rail_count()]
+            .into_iter()
+            .map(|w| w / self.rail_count() as f64)
+            .collect()
+    }
+
+    /// Sets the shares of the rails for the sends that follow (normalised to sum to 1; a weight
+    /// of 0 takes a rail out of use). [`Error::InvalidArgument`] if the length differs from
+    /// [`Comm::rail_count`], a weight is negative or not finite, or all are 0.
+    fn set_rail_weights(&self, weights: &[f64]) -> Result<()> {
+        check_rail_weights(weights, self.rail_count())?;
+        Ok(())
+    }
+
     /// Splits into sub-communicators, one per `color`, ordered by (`key`, old rank)
     /// (MPI_Comm_split). A rank that passes `None` takes part but gets no communicator.
     /// Collective: every rank calls it, in the same order relative to other collectives.
@@ -304,6 +326,26 @@ pub trait Comm {
 }
 
 /// Checks a destination rank against a communicator size.
+/// Checks a rail-weight vector for [`Comm::set_rail_weights`] and returns it normalised.
+pub fn check_rail_weights(weights: &[f64], rails: usize) -> Result<Vec<f64>> {
+    if weights.len() != rails {
+        return Err(Error::InvalidArgument(format!(
+            "{} rail weights given for {rails} rails",
+            weights.len()
+        )));
+    }
+    if let Some(w) = weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "rail weight {w} is not a finite non-negative number"
+        )));
+    }
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return Err(Error::InvalidArgument("every rail weight is 0".into()));
+    }
+    Ok(weights.iter().map(|w| w / total).collect())
+}
+
 pub(crate) fn check_rank(rank: usize, size: usize) -> Result<()> {
     if rank < size {
         Ok(())

@@ -75,6 +75,18 @@ pub enum Error {
     /// MPI could not be initialised, or was used in a state that does not allow the call.
     #[error("MPI is unavailable: {0}")]
     MpiUnavailable(String),
+    /// An argument outside what the call accepts (for example rail weights that do not match the
+    /// number of rails); the message says which.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An operation did not complete within its time limit.
+    #[error("{what} timed out after {millis} ms")]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// The limit, in milliseconds.
+        millis: u64,
+    },
 }
 
 /// `Result` with ferry-comm's [`Error`].

@@ -32,7 +32,7 @@ mod scope;
 pub mod telemetry;
 mod thread;
 
-pub use crate::comm::{Comm, Source, Status, Tag, TagMatch};
+pub use crate::comm::{Comm, Source, Status, Tag, TagMatch, check_rail_weights};
 pub use crate::error::{Error, Result};
 pub use crate::log::{FERRY_LOG, init_logging};
 pub use crate::mpi::{MpiComm, MpiRequest, MpiRuntime};
