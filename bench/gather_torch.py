@@ -1,13 +1,14 @@
 """PyTorch baseline for `ferry-bench gather`: gathering feature rows from a pinned CPU table.
 
-Table: a pinned uint8 CPU tensor [rows, row_bytes] of --table-gib GiB. For each row size,
-1M indices (uniform or power-law, like the Rust benchmark):
+Table: a pinned uint8 CPU tensor [rows, row_bytes] of --table-gib GiB. For each distribution
+(--dist, comma-separated) and row size, 1M indices drawn as the Rust benchmark draws them
+(uniform, or Zipf-like with exponent --zipf-exponent, ranks scattered over the table):
   tuned: torch.index_select into a preallocated pinned buffer with all CPU threads, then
          .cuda(non_blocking=True) into a preallocated device tensor, synchronize;
   naive: table[idx].cuda().
 GB/s = batch rows x row_bytes / median time. Each result is checked against table[idx].
-Prints a table and writes JSON lines {row_bytes, torch_tuned_gbs, torch_naive_gbs} to --json,
-which `ferry-bench gather --torch-json PATH` reads.
+Prints a table and writes JSON lines {dist, row_bytes, table_gib, torch_tuned_gbs,
+torch_naive_gbs, torch, threads} to --json, which `ferry-bench gather --torch-json PATH` reads.
 """
 
 import argparse
@@ -19,12 +20,22 @@ import time
 import torch
 
 
-def make_indices(dist, n, rows, gen):
+def zipf_rank(u, rows, s):
+    """Continuous Zipf ranks (0-based) on 1..rows by the inverse CDF, as ferry-bench draws them."""
+    n = float(rows)
+    if abs(s - 1.0) < 1e-9:
+        x = torch.pow(torch.tensor(n, dtype=torch.float64), u)
+    else:
+        x = torch.pow((n ** (1.0 - s) - 1.0) * u + 1.0, 1.0 / (1.0 - s))
+    return torch.clamp(x.to(torch.int64).clamp(min=1) - 1, max=rows - 1)
+
+
+def make_indices(dist, n, rows, s, gen):
     if dist == "uniform":
         return torch.randint(0, rows, (n,), generator=gen, dtype=torch.int64)
     if dist == "powerlaw":
         u = torch.rand(n, generator=gen, dtype=torch.float64)
-        rank = torch.clamp((u**4 * rows).to(torch.int64), max=rows - 1)
+        rank = zipf_rank(u, rows, s)
         mult = 2654435761 % max(rows, 2)
         while torch.gcd(torch.tensor(mult), torch.tensor(rows)).item() != 1:
             mult += 1
@@ -33,7 +44,8 @@ def make_indices(dist, n, rows, gen):
 
 
 def timed(fn, reps):
-    fn()  # Warm-up.
+    fn()  # Warm-up, twice: allocator and thread pool.
+    fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
@@ -49,6 +61,8 @@ def main():
     ap.add_argument("--table-gib", type=float, default=4.0)
     ap.add_argument("--batch", type=int, default=1 << 20)
     ap.add_argument("--dist", default="uniform")
+    ap.add_argument("--zipf-exponent", type=float, default=1.0)
+    ap.add_argument("--naive-reps", type=int, default=3)
     ap.add_argument("--row-bytes", default="64,128,256,512,1024,4096")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seed", type=int, default=42)
@@ -59,40 +73,54 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     table_bytes = int(args.table_gib * (1 << 30)) // 4096 * 4096
     flat = torch.empty(table_bytes, dtype=torch.uint8, pin_memory=True)
-    flat.copy_(torch.randint(0, 256, (table_bytes,), dtype=torch.uint8))
+    chunk = 1 << 30  # Fill in 1 GiB pieces: a whole-table temporary would double the memory.
+    for off in range(0, table_bytes, chunk):
+        end = min(off + chunk, table_bytes)
+        flat[off:end].copy_(torch.randint(0, 256, (end - off,), dtype=torch.uint8))
     dev = torch.device("cuda")
     records = []
-    print(f"{'row_bytes':>9} {'tuned':>10} {'naive':>10}  (GB/s, torch {torch.__version__})")
-    for rb in (int(s) for s in args.row_bytes.split(",")):
-        rows = table_bytes // rb
-        table = flat[: rows * rb].view(rows, rb)
-        gen = torch.Generator().manual_seed(args.seed ^ rb)
-        idx = make_indices(args.dist, args.batch, rows, gen)
-        n = idx.numel()
-        staging = torch.empty((n, rb), dtype=torch.uint8, pin_memory=True)
-        out = torch.empty((n, rb), dtype=torch.uint8, device=dev)
+    threads = torch.get_num_threads()
+    print(f"{'dist':>8} {'row_bytes':>9} {'tuned':>10} {'naive':>10}  "
+          f"(GB/s, torch {torch.__version__}, {threads} threads, {args.table_gib} GiB table)")
+    for dist in args.dist.split(","):
+        for rb in (int(s) for s in args.row_bytes.split(",")):
+            rows = table_bytes // rb
+            table = flat[: rows * rb].view(rows, rb)
+            gen = torch.Generator().manual_seed(args.seed ^ rb)
+            idx = make_indices(dist, args.batch, rows, args.zipf_exponent, gen)
+            n = idx.numel()
+            staging = torch.empty((n, rb), dtype=torch.uint8, pin_memory=True)
+            out = torch.empty((n, rb), dtype=torch.uint8, device=dev)
 
-        def tuned():
-            torch.index_select(table, 0, idx, out=staging)
-            out.copy_(staging, non_blocking=True)
+            def tuned():
+                torch.index_select(table, 0, idx, out=staging)
+                out.copy_(staging, non_blocking=True)
 
-        def naive():
-            return table[idx].cuda()
+            def naive():
+                return table[idx].cuda()
 
-        t_tuned = timed(tuned, args.reps)
-        expect = table[idx]
-        assert torch.equal(out.cpu(), expect), f"tuned gather is wrong at row_bytes {rb}"
-        t_naive = timed(naive, args.reps)
-        assert torch.equal(naive().cpu(), expect), f"naive gather is wrong at row_bytes {rb}"
-        bytes_moved = n * rb
-        rec = {
-            "row_bytes": rb,
-            "torch_tuned_gbs": bytes_moved / t_tuned / 1e9,
-            "torch_naive_gbs": bytes_moved / t_naive / 1e9,
-        }
-        records.append(rec)
-        print(f"{rb:>9} {rec['torch_tuned_gbs']:>10.2f} {rec['torch_naive_gbs']:>10.2f}")
-        del staging, out, expect
+            t_tuned = timed(tuned, args.reps)
+            expect = table[idx]
+            assert torch.equal(out.cpu(), expect), f"tuned gather is wrong at row_bytes {rb}"
+            t_naive = timed(naive, args.naive_reps)
+            assert torch.equal(naive().cpu(), expect), f"naive gather is wrong at row_bytes {rb}"
+            bytes_moved = n * rb
+            rec = {
+                "bench": "gather-torch",
+                "dist": dist,
+                "row_bytes": rb,
+                "table_gib": args.table_gib,
+                "batch": n,
+                "torch_tuned_gbs": bytes_moved / t_tuned / 1e9,
+                "torch_naive_gbs": bytes_moved / t_naive / 1e9,
+                "torch": torch.__version__,
+                "threads": threads,
+                "gpu": torch.cuda.get_device_name(0),
+            }
+            records.append(rec)
+            print(f"{dist:>8} {rb:>9} {rec['torch_tuned_gbs']:>10.2f} {rec['torch_naive_gbs']:>10.2f}",
+                  flush=True)
+            del staging, out, expect
     if args.json:
         with open(args.json, "w") as f:
             for rec in records:

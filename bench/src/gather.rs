@@ -1,40 +1,61 @@
 //! `ferry-bench gather`: ferry's zero-copy gather of feature rows from a pinned, mapped host
-//! table beside its variants (no 128-byte alignment, with index sort), the CPU gather + copy
-//! baseline, a sequential SM read of the mapped table (the ceiling for zero-copy reads) and a
-//! pinned host-to-device copy of the same bytes (the link ceiling).
+//! table beside its variants (without GPU bucketing, without 128-byte alignment, with a host
+//! sort), the double-buffered `GatherPipeline`, the CPU gather + copy baseline, a sequential SM
+//! read of the mapped table (the ceiling for zero-copy reads), a pinned host-to-device copy of
+//! the same bytes (the link ceiling) and, from `--torch-json`, PyTorch's tuned and naive paths.
+//! With `--pin-timing` it also times pinning a table of the same size (allocated pinned vs
+//! registered in place); with `--interference-caps` the slowdown of a compute-bound kernel
+//! running beside a gather held to a thread cap on another stream.
 //!
-//! GB/s counts useful bytes: batch rows x row bytes / time, the median of `--reps` runs. GPU
-//! methods are timed with events around the kernel or copy (the host sort of the "with sort"
-//! variant is not counted); the CPU baseline with the wall clock. Every method's output is
-//! compared with the table before its number is reported.
+//! GB/s counts useful bytes: batch rows x row bytes / time, the median of `--reps` runs after
+//! a warm-up of `--warmup-ms` of gathering (clocks up, kernels compiled) and two untimed runs
+//! of each method. GPU methods are timed with events around the kernels or copy (ferry's GPU
+//! bucketing is inside the timed region; the host sort of the "with sort" variant is not); the
+//! CPU baseline and the pipeline with the wall clock. Every method's output is compared with
+//! the table before its number is reported.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use ferry_gpu::{DeviceBuffer, Gpu};
-use ferry_zerocopy::{CpuGather, GatherOptions, Gatherer, HostTable, TableView, stream_copy};
+use ferry_gpu::{DeviceBuffer, Gpu, LaunchConfig};
+use ferry_zerocopy::{
+    CpuGather, GatherOptions, GatherPipeline, Gatherer, HostTable, TableView, stream_copy,
+};
 
 use crate::report::write_json_lines;
 
 /// Options of `ferry-bench gather`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Size of the feature table in GiB.
+    /// Size of the feature table in GiB (4 to 32 in the issue; the table, a pinned staging
+    /// buffer of one batch and, with --pin-timing, a second table-sized buffer must fit in
+    /// host memory).
     #[arg(long, default_value_t = 4.0)]
     table_gib: f64,
     /// Indices per batch.
     #[arg(long, default_value_t = 1 << 20)]
     batch: usize,
-    /// Index distribution: `uniform` or `powerlaw` (hot rows, scattered over the table).
-    #[arg(long, default_value = "uniform")]
-    dist: String,
+    /// Index distributions, comma-separated: `uniform`, `powerlaw` (Zipf-like: row rank r
+    /// drawn with probability about r^-s, s = --zipf-exponent, ranks scattered over the table).
+    #[arg(long, value_delimiter = ',', default_values_t = ["uniform".to_string()])]
+    dist: Vec<String>,
+    /// Exponent s of the power-law distribution.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_exponent: f64,
     /// Row sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [64usize, 128, 256, 512, 1024, 4096])]
     row_bytes: Vec<usize>,
     /// Timed repetitions of each method; the median is reported.
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Milliseconds of gathering before the first measurement (GPU clocks, caches, compiles).
+    #[arg(long, default_value_t = 1500)]
+    warmup_ms: u64,
+    /// Batches the pipeline measurement runs through `GatherPipeline` (0: skip it).
+    #[arg(long, default_value_t = 8)]
+    pipeline_batches: usize,
     /// Rows each group of lanes keeps in flight in ferry's kernel (1 to 8).
     #[arg(long, default_value_t = 4)]
     unroll: u32,
@@ -49,13 +70,26 @@ pub(crate) struct Args {
     /// them first (`echo N > /proc/sys/vm/nr_hugepages`).
     #[arg(long)]
     hugetlb: bool,
+    /// Before the gathers, time pinning a table of --table-gib: `cuMemHostAlloc` (with its
+    /// zero fill) vs `cuMemHostRegister` of memory already allocated and touched.
+    #[arg(long)]
+    pin_timing: bool,
+    /// Thread caps at which to measure a compute-bound kernel's slowdown beside a gather of
+    /// --interference-row-bytes rows on another stream (comma-separated; empty: skip).
+    #[arg(long, value_delimiter = ',')]
+    interference_caps: Vec<usize>,
+    /// Row size of the gather in the interference measurement.
+    #[arg(long, default_value_t = 512)]
+    interference_row_bytes: usize,
     /// Seed of the index generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Write one JSON record per row size to this file.
+    /// Write the JSON records (one per distribution and row size, plus pin and interference
+    /// records) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// JSON lines from bench/gather_torch.py, to report ferry / tuned torch.
+    /// JSON lines from bench/gather_torch.py (same table size and distributions), to report
+    /// PyTorch's figures and ferry / tuned torch.
     #[arg(long)]
     torch_json: Option<PathBuf>,
 }
@@ -64,21 +98,59 @@ pub(crate) struct Args {
 struct Record {
     bench: &'static str,
     row_bytes: usize,
+    table_gib: f64,
     table_rows: usize,
     batch: usize,
     dist: String,
+    /// ferry's default: GPU bucketing (timed) + line-aligned gather.
     ferry_gbs: f64,
-    /// Without the GPU bucketing of indices.
+    /// Without the GPU bucketing of indices (the sorting/bucketing technique's gain is
+    /// ferry / this).
     ferry_unsorted_gbs: f64,
+    /// Bucketed, without 128-byte line alignment (the alignment's gain is ferry / this).
     ferry_no_align_gbs: f64,
+    /// Sorted on the host (untimed) instead of bucketed on the GPU.
     ferry_sort_gbs: f64,
+    /// `GatherPipeline` over `pipeline_batches` batches, wall clock with host checks and
+    /// index uploads (0 when skipped).
+    pipeline_gbs: f64,
     cpu_gbs: f64,
     sm_read_gbs: f64,
     h2d_gbs: f64,
-    /// ferry (default options: GPU bucketing included in the time) GB/s / sequential SM read.
+    torch_tuned_gbs: Option<f64>,
+    torch_naive_gbs: Option<f64>,
+    /// ferry GB/s / sequential SM read.
     fraction_of_sm_read: f64,
-    /// ferry GB/s / tuned torch GB/s, when `--torch-json` is given.
+    /// ferry GB/s / tuned torch GB/s, when `--torch-json` has this case.
     vs_torch: Option<f64>,
+    checked: bool,
+}
+
+#[derive(serde::Serialize, Debug)]
+struct PinRecord {
+    bench: &'static str,
+    table_bytes: usize,
+    /// `cuMemHostAlloc(PORTABLE | DEVICEMAP)` plus ferry-gpu's zero fill.
+    alloc_pinned_s: f64,
+    /// Allocating and touching ordinary memory (what registering in place starts from).
+    alloc_touch_s: f64,
+    /// `cuMemHostRegister(PORTABLE | DEVICEMAP)` of that memory.
+    register_s: f64,
+}
+
+#[derive(serde::Serialize, Debug)]
+struct InterferenceRecord {
+    bench: &'static str,
+    row_bytes: usize,
+    max_threads: usize,
+    compute_alone_ms: f64,
+    compute_beside_gather_ms: f64,
+    /// compute beside / compute alone - 1 (target: at most 0.10).
+    slowdown: f64,
+    /// The capped gather alone.
+    gather_capped_gbs: f64,
+    /// The capped gather while the compute kernel ran (pipeline wall clock).
+    gather_beside_compute_gbs: f64,
     checked: bool,
 }
 
@@ -102,9 +174,21 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// `n` indices below `rows`: uniform, or power-law (rank `rows * u^4`, so a few rows are hot)
-/// scattered over the table by a fixed multiplicative permutation.
-fn make_indices(dist: &str, n: usize, rows: usize, seed: u64) -> Result<Vec<i64>, String> {
+/// The rank (0-based) of a continuous Zipf variable on `1..=rows` with exponent `s`, by its
+/// inverse CDF at `u` in `[0, 1)`: P(rank r) is about r^-s. `bench/gather_torch.py` draws the same.
+fn zipf_rank(u: f64, rows: u64, s: f64) -> u64 {
+    let n = rows as f64;
+    let x = if (s - 1.0).abs() < 1e-9 {
+        n.powf(u)
+    } else {
+        ((n.powf(1.0 - s) - 1.0) * u + 1.0).powf(1.0 / (1.0 - s))
+    };
+    ((x as u64).max(1) - 1).min(rows - 1)
+}
+
+/// `n` indices below `rows`: uniform, or power-law ([`zipf_rank`]) scattered over the table by
+/// a fixed multiplicative permutation (so hot rows are not neighbours).
+fn make_indices(dist: &str, n: usize, rows: usize, s: f64, seed: u64) -> Result<Vec<i64>, String> {
     let mut rng = Rng(seed | 1);
     let rows64 = rows as u64;
     match dist {
@@ -116,7 +200,7 @@ fn make_indices(dist: &str, n: usize, rows: usize, seed: u64) -> Result<Vec<i64>
             }
             Ok((0..n)
                 .map(|_| {
-                    let rank = ((rng.unit().powi(4) * rows as f64) as u64).min(rows64 - 1);
+                    let rank = zipf_rank(rng.unit(), rows64, s);
                     ((rank as u128 * mult as u128 % rows64 as u128) as u64) as i64
                 })
                 .collect())
@@ -134,14 +218,12 @@ fn gbs(bytes: usize, ms: f64) -> f64 {
     bytes as f64 / (ms * 1e-3) / 1e9
 }
 
+fn es<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
 /// Compares a gathered batch with the table's rows; names the first wrong row.
-fn check_gather(
-    what: &str,
-    view: TableView<'_>,
-    idx: &[i64],
-    out: &DeviceBuffer<u8>,
-) -> Result<(), String> {
-    let got = out.clone_dtoh().map_err(|e| e.to_string())?;
+fn check_rows(what: &str, view: TableView<'_>, idx: &[i64], got: &[u8]) -> Result<(), String> {
     let rb = view.row_bytes();
     for (k, &i) in idx.iter().enumerate() {
         if got[k * rb..(k + 1) * rb] != *view.row(i as usize) {
@@ -153,15 +235,29 @@ fn check_gather(
     Ok(())
 }
 
+fn check_gather(
+    what: &str,
+    view: TableView<'_>,
+    idx: &[i64],
+    out: &DeviceBuffer<u8>,
+) -> Result<(), String> {
+    check_rows(what, view, idx, &out.clone_dtoh().map_err(es)?)
+}
+
 fn check_prefix(what: &str, view: TableView<'_>, out: &DeviceBuffer<u8>) -> Result<(), String> {
-    let got = out.clone_dtoh().map_err(|e| e.to_string())?;
+    let got = out.clone_dtoh().map_err(es)?;
     if got[..] != view.as_bytes()[..got.len()] {
         return Err(format!("{what}: the copied bytes differ from the table"));
     }
     Ok(())
 }
 
-/// Times `reps` runs of ferry's gather with `options`; checks the output of the last.
+/// Poisons `out` so a method that writes nothing cannot pass the check.
+fn poison(out: &mut DeviceBuffer<u8>) -> Result<(), String> {
+    out.copy_htod(&vec![0xA5; out.len()]).map_err(es)
+}
+
+/// Times `reps` runs of ferry's gather with `options` (two untimed first); checks the output.
 fn time_ferry(
     gpu: &Gpu,
     options: GatherOptions,
@@ -174,27 +270,227 @@ fn time_ferry(
     let err = |e: ferry_zerocopy::ZeroCopyError| format!("{what}: {e}");
     let mut g = Gatherer::new(gpu, options).map_err(err)?;
     let batch = g.prepare(idx).map_err(err)?;
-    g.gather_batch(view, &batch, out).map_err(err)?; // Warm-up and compile.
+    poison(out)?;
+    for _ in 0..2 {
+        g.gather_batch(view, &batch, out).map_err(err)?;
+    }
+    check_gather(what, view, idx, out)?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         times.push(g.gather_batch(view, &batch, out).map_err(err)? as f64);
     }
-    check_gather(what, view, idx, out)?;
     Ok(gbs(idx.len() * view.row_bytes(), median(times)))
 }
 
-fn read_torch(path: &PathBuf) -> Result<HashMap<usize, f64>, String> {
+/// Runs `batches` batches (alternating two index sets) through a `GatherPipeline`; the first
+/// pass checks every batch, the second is timed with the wall clock. GB/s of gathered rows.
+fn time_pipeline(
+    gpu: &Gpu,
+    options: GatherOptions,
+    view: TableView<'_>,
+    sets: [&[i64]; 2],
+    batches: usize,
+) -> Result<f64, String> {
+    let err = |e: ferry_zerocopy::ZeroCopyError| format!("pipeline: {e}");
+    let n = sets[0].len().max(sets[1].len());
+    let mut p = GatherPipeline::<i64>::new(gpu, view, n, options).map_err(err)?;
+    let list: Vec<&[i64]> = (0..batches).map(|b| sets[b % 2]).collect();
+    let mut bad = None;
+    p.run(&list, |b, out, rows| {
+        if bad.is_none() {
+            let got = out.clone_dtoh()?;
+            if let Err(e) = check_rows("pipeline", view, list[b], &got[..rows * view.row_bytes()])
+            {
+                bad = Some(e);
+            }
+        }
+        Ok(())
+    })
+    .map_err(err)?;
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    let start = Instant::now();
+    p.run(&list, |_, _, _| Ok(())).map_err(err)?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes: usize = list.iter().map(|s| s.len() * view.row_bytes()).sum();
+    Ok(bytes as f64 / secs / 1e9)
+}
+
+/// PyTorch figures by (distribution, row bytes): (tuned, naive) GB/s.
+type TorchMap = HashMap<(String, usize), (f64, f64)>;
+
+fn read_torch(path: &PathBuf) -> Result<TorchMap, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut map = HashMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| format!("{}: bad JSON line '{line}': {e}", path.display()))?;
-        if let (Some(rb), Some(t)) = (v["row_bytes"].as_u64(), v["torch_tuned_gbs"].as_f64()) {
-            map.insert(rb as usize, t);
+        let dist = v["dist"].as_str().unwrap_or("uniform").to_string();
+        if let (Some(rb), Some(t), Some(n)) = (
+            v["row_bytes"].as_u64(),
+            v["torch_tuned_gbs"].as_f64(),
+            v["torch_naive_gbs"].as_f64(),
+        ) {
+            map.insert((dist, rb as usize), (t, n));
         }
     }
     Ok(map)
+}
+
+/// Times pinning `bytes`: allocated pinned by the driver, and registered in place.
+fn pin_timing(gpu: &Gpu, bytes: usize) -> Result<PinRecord, String> {
+    let t = Instant::now();
+    let table = HostTable::alloc(gpu, bytes / 64, 64).map_err(es)?;
+    let alloc_pinned_s = t.elapsed().as_secs_f64();
+    drop(table);
+    let t = Instant::now();
+    let mut data = vec![0u64; bytes / 8];
+    // Touch every page: `vec!` of zeros maps them lazily.
+    for page in data.chunks_mut(512) {
+        page[0] = 1;
+    }
+    let alloc_touch_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let table = HostTable::register(gpu, data, 8).map_err(es)?;
+    let register_s = t.elapsed().as_secs_f64();
+    drop(table);
+    Ok(PinRecord {
+        bench: "gather-pin",
+        table_bytes: bytes,
+        alloc_pinned_s,
+        alloc_touch_s,
+        register_s,
+    })
+}
+
+/// A compute-bound kernel: four independent FMA chains per thread, `iters` steps.
+const BURN_SRC: &str = r#"
+extern "C" __global__ void ferry_burn(float* out, int iters) {
+    const int tid = blockIdx.x * blockDim.x + threadIdx.x;
+    float x0 = tid * 1e-7f, x1 = x0 + 0.25f, x2 = x0 + 0.5f, x3 = x0 + 0.75f;
+    const float m = 0.999999f, k = 1e-6f;
+    for (int i = 0; i < iters; ++i) {
+        x0 = fmaf(x0, m, k); x1 = fmaf(x1, m, k); x2 = fmaf(x2, m, k); x3 = fmaf(x3, m, k);
+    }
+    out[tid] = x0 + x1 + x2 + x3;
+}
+"#;
+
+/// Runs the compute kernel once on `stream`; returns its event time in milliseconds.
+fn burn(
+    gpu: &Gpu,
+    stream: &ferry_gpu::Stream,
+    out: &mut DeviceBuffer<f32>,
+    iters: i32,
+) -> Result<f64, String> {
+    let kernel = gpu.kernel(BURN_SRC, "ferry_burn").map_err(es)?;
+    let blocks = (out.len() / 256) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let start = stream.record_event().map_err(es)?;
+    // SAFETY: (float*, int) matches `ferry_burn`; it writes one float per thread and the grid
+    // has exactly `out.len()` threads; the stream is synchronized before `out` is read.
+    unsafe { kernel.launch_builder(stream).arg_buffer_mut(out).arg(&iters).launch(cfg) }
+        .map_err(es)?;
+    let end = stream.record_event().map_err(es)?;
+    stream.synchronize().map_err(es)?;
+    Ok(start.elapsed_ms(&end).map_err(es)? as f64)
+}
+
+/// For each cap: a compute-bound kernel alone, then beside a capped gather running without
+/// pause in a `GatherPipeline` on its own stream (another thread).
+fn interference(
+    gpu: &Gpu,
+    view: TableView<'_>,
+    idx: &[i64],
+    caps: &[usize],
+    reps: usize,
+) -> Result<Vec<InterferenceRecord>, String> {
+    let stream = gpu.new_stream().map_err(es)?;
+    let sms = gpu.multiprocessor_count().map_err(es)? as usize;
+    let mut out: DeviceBuffer<f32> = stream.alloc_zeros(sms * 8 * 256).map_err(es)?;
+    // Calibrate to about 200 ms alone.
+    let probe = 20_000;
+    burn(gpu, &stream, &mut out, probe)?;
+    let ms = burn(gpu, &stream, &mut out, probe)?;
+    let iters = ((probe as f64 * 200.0 / ms.max(1e-3)) as i64).clamp(1, i32::MAX as i64) as i32;
+    let alone: Vec<f64> = (0..reps.max(3))
+        .map(|_| burn(gpu, &stream, &mut out, iters))
+        .collect::<Result<_, _>>()?;
+    let want = out.clone_dtoh().map_err(es)?;
+    let alone = median(alone);
+    let bytes = idx.len() * view.row_bytes();
+    let mut records = Vec::new();
+    for &cap in caps {
+        let options = GatherOptions {
+            max_threads: Some(cap),
+            ..Default::default()
+        };
+        let mut gout: DeviceBuffer<u8> = stream.alloc_zeros(bytes).map_err(es)?;
+        let capped = time_ferry(gpu, options, "capped", view, idx, &mut gout, reps)?;
+        drop(gout);
+        let stop = AtomicBool::new(false);
+        let started = AtomicBool::new(false);
+        let (beside, gathered) = std::thread::scope(|s| -> Result<(Vec<f64>, f64), String> {
+            let worker = s.spawn(|| -> Result<f64, String> {
+                let mut p = GatherPipeline::<i64>::new(gpu, view, idx.len(), options)
+                    .map_err(es)?;
+                let batches = std::iter::from_fn(|| (!stop.load(Ordering::Relaxed)).then_some(idx));
+                let mut count = 0usize;
+                let t = Instant::now();
+                let mut since = None;
+                p.run(batches, |_, _, _| {
+                    count += 1;
+                    if count == 2 {
+                        started.store(true, Ordering::Release);
+                        since = Some((Instant::now(), count));
+                    }
+                    Ok(())
+                })
+                .map_err(es)?;
+                let (t0, c0) = since.unwrap_or((t, 0));
+                Ok(((count - c0) * bytes) as f64 / t0.elapsed().as_secs_f64() / 1e9)
+            });
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !started.load(Ordering::Acquire) && !worker.is_finished() {
+                if Instant::now() > deadline {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err("the gather beside the compute kernel did not start".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let times: Result<Vec<f64>, String> = (0..reps.max(3))
+                .map(|_| burn(gpu, &stream, &mut out, iters))
+                .collect();
+            stop.store(true, Ordering::Relaxed);
+            let gathered = worker
+                .join()
+                .map_err(|_| "the gather thread panicked".to_string())??;
+            Ok((times?, gathered))
+        })?;
+        let checked = out.clone_dtoh().map_err(es)? == want;
+        if !checked {
+            return Err("the compute kernel's result changed beside the gather".into());
+        }
+        let beside = median(beside);
+        records.push(InterferenceRecord {
+            bench: "gather-interference",
+            row_bytes: view.row_bytes(),
+            max_threads: cap,
+            compute_alone_ms: alone,
+            compute_beside_gather_ms: beside,
+            slowdown: beside / alone - 1.0,
+            gather_capped_gbs: capped,
+            gather_beside_compute_gbs: gathered,
+            checked,
+        });
+    }
+    Ok(records)
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), String> {
@@ -211,6 +507,19 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             "a table of {table_bytes} bytes holds no row of {max_rb}"
         ));
     }
+    for d in &args.dist {
+        make_indices(d, 1, 1, args.zipf_exponent, 1)?;
+    }
+    let mut json: Vec<serde_json::Value> = Vec::new();
+    if args.pin_timing {
+        let pin = pin_timing(&gpu, table_bytes)?;
+        println!(
+            "pinning {table_bytes} bytes: cuMemHostAlloc + zero fill {:.2} s; allocate + touch \
+             {:.2} s then cuMemHostRegister {:.2} s",
+            pin.alloc_pinned_s, pin.alloc_touch_s, pin.register_s
+        );
+        json.push(serde_json::to_value(pin).map_err(es)?);
+    }
     eprintln!(
         "gather: pinning and filling a {table_bytes}-byte table on {}",
         gpu.name()
@@ -222,133 +531,234 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     } else {
         HostTable::alloc(&gpu, table_bytes / 64, 64)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(es)?;
     table.fill_pattern(args.seed);
     let max_batch_bytes = args.batch * max_rb;
-    let mut cpu = CpuGather::new(&gpu, max_batch_bytes).map_err(|e| e.to_string())?;
-    let stream = gpu.new_stream().map_err(|e| e.to_string())?;
+    let mut cpu = CpuGather::new(&gpu, max_batch_bytes).map_err(es)?;
+    let stream = gpu.new_stream().map_err(es)?;
+    let default = GatherOptions {
+        unroll: args.unroll,
+        max_threads: args.max_threads,
+        ..Default::default()
+    };
+
+    // Warm-up: gather the first case until --warmup-ms have passed.
+    if let (Some(&rb), Some(d)) = (args.row_bytes.first(), args.dist.first()) {
+        let rows = table_bytes / rb;
+        let view = table.view_at(0, rows, rb).map_err(es)?;
+        let idx = make_indices(d, args.batch, rows, args.zipf_exponent, args.seed)?;
+        let mut out: DeviceBuffer<u8> = stream.alloc_zeros(idx.len() * rb).map_err(es)?;
+        let mut g = Gatherer::new(&gpu, default).map_err(es)?;
+        let batch = g.prepare(&idx).map_err(es)?;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(args.warmup_ms) {
+            g.gather_batch(view, &batch, &mut out).map_err(es)?;
+        }
+    }
 
     println!(
-        "{:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
         "row_bytes",
+        "dist",
         "ferry",
         "unsorted",
         "no_align",
-        "with_sort",
+        "w_sort",
+        "pipeline",
         "cpu",
         "sm_read",
         "h2d",
+        "torch",
+        "t_naive",
         "of_sm",
-        "vs_torch"
+        "vs_t"
     );
-    let mut records = Vec::new();
-    for &rb in &args.row_bytes {
-        let rows = table_bytes / rb;
-        let view = table.view_at(0, rows, rb).map_err(|e| e.to_string())?;
-        let idx = make_indices(&args.dist, args.batch, rows, args.seed ^ rb as u64)?;
-        let bytes = idx.len() * rb;
-        let mut out: DeviceBuffer<u8> = stream.alloc_zeros(bytes).map_err(|e| e.to_string())?;
+    for dist in &args.dist {
+        for &rb in &args.row_bytes {
+            let rows = table_bytes / rb;
+            let view = table.view_at(0, rows, rb).map_err(es)?;
+            let seed = args.seed ^ rb as u64;
+            let idx = make_indices(dist, args.batch, rows, args.zipf_exponent, seed)?;
+            let bytes = idx.len() * rb;
+            let mut out: DeviceBuffer<u8> = stream.alloc_zeros(bytes).map_err(es)?;
 
-        let default = GatherOptions {
-            unroll: args.unroll,
-            max_threads: args.max_threads,
-            ..Default::default()
-        };
-        let ferry = time_ferry(&gpu, default, "ferry", view, &idx, &mut out, reps)?;
-        let no_align = GatherOptions {
-            align_lines: false,
-            ..default
-        };
-        let ferry_no_align = time_ferry(&gpu, no_align, "no_align", view, &idx, &mut out, reps)?;
-        let sort = GatherOptions {
-            sort: true,
-            ..default
-        };
-        let ferry_sort = time_ferry(&gpu, sort, "with_sort", view, &idx, &mut out, reps)?;
-        let unsorted = GatherOptions {
-            bucket: false,
-            ..default
-        };
-        let ferry_unsorted = time_ferry(&gpu, unsorted, "unsorted", view, &idx, &mut out, reps)?;
+            let ferry = time_ferry(&gpu, default, "ferry", view, &idx, &mut out, reps)?;
+            let no_align = GatherOptions {
+                align_lines: false,
+                ..default
+            };
+            let ferry_no_align = time_ferry(&gpu, no_align, "no_align", view, &idx, &mut out, reps)?;
+            let sort = GatherOptions {
+                sort: true,
+                ..default
+            };
+            let ferry_sort = time_ferry(&gpu, sort, "with_sort", view, &idx, &mut out, reps)?;
+            let unsorted = GatherOptions {
+                bucket: false,
+                ..default
+            };
+            let ferry_unsorted =
+                time_ferry(&gpu, unsorted, "unsorted", view, &idx, &mut out, reps)?;
+            let pipeline = if args.pipeline_batches > 0 {
+                let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
+                time_pipeline(&gpu, default, view, [&idx, &other], args.pipeline_batches)?
+            } else {
+                0.0
+            };
 
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..=reps {
-            let t = Instant::now();
-            cpu.gather(view, &idx, &mut out)
-                .map_err(|e| format!("cpu: {e}"))?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.remove(0);
-        check_gather("cpu", view, &idx, &out)?;
-        let cpu_gbs = gbs(bytes, median(times));
-
-        // The ceilings move the same number of bytes (or the whole table, if smaller).
-        let seq_bytes = bytes.min(table_bytes) / 16 * 16;
-        let mut seq: DeviceBuffer<u8> = stream.alloc_zeros(seq_bytes).map_err(|e| e.to_string())?;
-        let mut times = Vec::with_capacity(reps);
-        for r in 0..=reps {
-            let ms = stream_copy(&stream, table.view(), &mut seq).map_err(|e| e.to_string())?;
-            if r > 0 {
-                times.push(ms as f64);
+            let mut times = Vec::with_capacity(reps);
+            poison(&mut out)?;
+            for _ in 0..=reps {
+                let t = Instant::now();
+                cpu.gather(view, &idx, &mut out)
+                    .map_err(|e| format!("cpu: {e}"))?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
             }
-        }
-        check_prefix("sm_read", table.view(), &seq)?;
-        let sm_read = gbs(seq_bytes, median(times));
+            times.remove(0);
+            check_gather("cpu", view, &idx, &out)?;
+            let cpu_gbs = gbs(bytes, median(times));
+            drop(out);
 
-        let src = &table.as_bytes()[..seq_bytes];
-        let mut times = Vec::with_capacity(reps);
-        for r in 0..=reps {
-            let start = seq.stream().record_event().map_err(|e| e.to_string())?;
-            seq.copy_htod(src).map_err(|e| e.to_string())?;
-            let end = seq.stream().record_event().map_err(|e| e.to_string())?;
-            let ms = start.elapsed_ms(&end).map_err(|e| e.to_string())?;
-            if r > 0 {
-                times.push(ms as f64);
+            // The ceilings move the same number of bytes (or the whole table, if smaller).
+            let seq_bytes = bytes.min(table_bytes) / 16 * 16;
+            let mut seq: DeviceBuffer<u8> = stream.alloc_zeros(seq_bytes).map_err(es)?;
+            let mut times = Vec::with_capacity(reps);
+            for r in 0..reps + 2 {
+                let ms = stream_copy(&stream, table.view(), &mut seq).map_err(es)?;
+                if r > 1 {
+                    times.push(ms as f64);
+                }
             }
-        }
-        check_prefix("h2d", table.view(), &seq)?;
-        let h2d = gbs(seq_bytes, median(times));
+            check_prefix("sm_read", table.view(), &seq)?;
+            let sm_read = gbs(seq_bytes, median(times));
 
-        let vs_torch = torch.as_ref().and_then(|t| t.get(&rb)).map(|&t| ferry / t);
-        let record = Record {
-            bench: "gather",
-            row_bytes: rb,
-            table_rows: rows,
-            batch: idx.len(),
-            dist: args.dist.clone(),
-            ferry_gbs: ferry,
-            ferry_no_align_gbs: ferry_no_align,
-            ferry_sort_gbs: ferry_sort,
-            ferry_unsorted_gbs: ferry_unsorted,
-            cpu_gbs,
-            sm_read_gbs: sm_read,
-            h2d_gbs: h2d,
-            fraction_of_sm_read: ferry / sm_read,
-            vs_torch,
-            checked: true,
-        };
-        println!(
-            "{:>9} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>8}",
-            rb,
-            ferry,
-            ferry_unsorted,
-            ferry_no_align,
-            ferry_sort,
-            cpu_gbs,
-            sm_read,
-            h2d,
-            record.fraction_of_sm_read,
-            vs_torch.map_or("-".to_string(), |v| format!("{v:.2}"))
-        );
-        records.push(record);
+            let src = &table.as_bytes()[..seq_bytes];
+            poison(&mut seq)?;
+            let mut times = Vec::with_capacity(reps);
+            for r in 0..reps + 2 {
+                let start = seq.stream().record_event().map_err(es)?;
+                seq.copy_htod(src).map_err(es)?;
+                let end = seq.stream().record_event().map_err(es)?;
+                let ms = start.elapsed_ms(&end).map_err(es)?;
+                if r > 1 {
+                    times.push(ms as f64);
+                }
+            }
+            check_prefix("h2d", table.view(), &seq)?;
+            let h2d = gbs(seq_bytes, median(times));
+
+            let t = torch
+                .as_ref()
+                .and_then(|t| t.get(&(dist.clone(), rb)))
+                .copied();
+            let record = Record {
+                bench: "gather",
+                row_bytes: rb,
+                table_gib: args.table_gib,
+                table_rows: rows,
+                batch: idx.len(),
+                dist: dist.clone(),
+                ferry_gbs: ferry,
+                ferry_unsorted_gbs: ferry_unsorted,
+                ferry_no_align_gbs: ferry_no_align,
+                ferry_sort_gbs: ferry_sort,
+                pipeline_gbs: pipeline,
+                cpu_gbs,
+                sm_read_gbs: sm_read,
+                h2d_gbs: h2d,
+                torch_tuned_gbs: t.map(|t| t.0),
+                torch_naive_gbs: t.map(|t| t.1),
+                fraction_of_sm_read: ferry / sm_read,
+                vs_torch: t.map(|t| ferry / t.0),
+                checked: true,
+            };
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            println!(
+                "{:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>6.3} {:>6}",
+                rb,
+                dist,
+                ferry,
+                ferry_unsorted,
+                ferry_no_align,
+                ferry_sort,
+                pipeline,
+                cpu_gbs,
+                sm_read,
+                h2d,
+                opt(record.torch_tuned_gbs),
+                opt(record.torch_naive_gbs),
+                record.fraction_of_sm_read,
+                opt(record.vs_torch)
+            );
+            json.push(serde_json::to_value(record).map_err(es)?);
+        }
     }
     println!(
         "(GB/s of gathered rows; ferry buckets indices on the GPU and that is timed; unsorted \
-         without it; with_sort sorts on the host, untimed; of_sm = ferry / sm_read; \
-         vs_torch = ferry / tuned torch)"
+         without it; w_sort sorts on the host, untimed; pipeline: GatherPipeline, wall clock; \
+         of_sm = ferry / sm_read; vs_t = ferry / tuned torch)"
     );
+    if !args.interference_caps.is_empty() {
+        let rb = args.interference_row_bytes;
+        let rows = table_bytes / rb;
+        let view = table.view_at(0, rows, rb).map_err(es)?;
+        let idx = make_indices("uniform", args.batch, rows, args.zipf_exponent, args.seed)?;
+        println!(
+            "{:>11} {:>10} {:>10} {:>9} {:>11} {:>11}",
+            "max_threads", "alone_ms", "beside_ms", "slowdown", "capped_gbs", "beside_gbs"
+        );
+        for r in interference(&gpu, view, &idx, &args.interference_caps, reps)? {
+            println!(
+                "{:>11} {:>10.2} {:>10.2} {:>8.1}% {:>11.2} {:>11.2}",
+                r.max_threads,
+                r.compute_alone_ms,
+                r.compute_beside_gather_ms,
+                100.0 * r.slowdown,
+                r.gather_capped_gbs,
+                r.gather_beside_compute_gbs
+            );
+            json.push(serde_json::to_value(r).map_err(es)?);
+        }
+        println!(
+            "(a compute-bound FMA kernel filling the GPU, alone and beside a {rb}-byte-row \
+             gather capped at max_threads on another stream)"
+        );
+    }
     if let Some(path) = &args.json {
-        write_json_lines(path, &records)?;
+        write_json_lines(path, &json)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_ranks_stay_in_range_and_favour_low_ranks() {
+        for s in [0.8, 1.0, 1.2] {
+            let mut rng = Rng(7);
+            let rows = 1_000_000u64;
+            let ranks: Vec<u64> = (0..100_000)
+                .map(|_| zipf_rank(rng.unit(), rows, s))
+                .collect();
+            assert!(ranks.iter().all(|&r| r < rows), "s {s}");
+            let top = ranks.iter().filter(|&&r| r < 1000).count();
+            // Uniform would put 0.1% below rank 1000; a power law puts far more there.
+            assert!(top > 10_000, "s {s}: {top} of 100000 below rank 1000");
+        }
+        assert_eq!(zipf_rank(0.0, 10, 1.0), 0);
+        assert!(zipf_rank(0.999_999, 10, 1.0) <= 9);
+    }
+
+    #[test]
+    fn indices_are_reproducible_and_in_range() {
+        for dist in ["uniform", "powerlaw"] {
+            let a = make_indices(dist, 5000, 12345, 1.0, 9).unwrap();
+            let b = make_indices(dist, 5000, 12345, 1.0, 9).unwrap();
+            assert_eq!(a, b);
+            assert!(a.iter().all(|&i| (0..12345).contains(&i)), "{dist}");
+        }
+        assert!(make_indices("gaussian", 1, 10, 1.0, 1).is_err());
+    }
 }

@@ -769,7 +769,8 @@ pub struct MpiType {
 
 #[cfg(feature = "testing")]
 impl MpiType {
-    /// Builds and commits the MPI datatype `recipe` describes.
+    /// Builds and commits (through `MPI_Type_commit`, visible to an interposer) the MPI
+    /// datatype `recipe` describes.
     ///
     /// # Safety
     /// MPI must be initialised, and stay so until the value is dropped.
@@ -780,9 +781,12 @@ impl MpiType {
         let mut handle = unsafe { testing::mpi_type_from_recipe(recipe)? };
         let derived = !matches!(recipe, ferry_datatypes::testing::Recipe::Named { .. });
         if derived {
+            // Through MPI_Type_commit, not PMPI_Type_commit, as an application would: an
+            // interposer such as libferry_mpi.so learns types at commit, so one committed behind
+            // its back would be left to the library.
             // SAFETY: a fresh derived type.
             check("MPI_Type_commit", unsafe {
-                ffi::PMPI_Type_commit(&mut handle)
+                ffi::MPI_Type_commit(&mut handle)
             })?;
         }
         Ok(MpiType { handle, derived })

@@ -87,6 +87,31 @@ pub enum Error {
         /// The limit, in milliseconds.
         millis: u64,
     },
+    /// One rail (network path) to a peer failed: its connection closed without the peer's
+    /// goodbye, or an I/O or protocol error ended it. Messages that needed that connection can
+    /// never complete.
+    #[error("rail {rail} to rank {peer} is down: {reason}")]
+    RailDown {
+        /// The rail's index.
+        rail: usize,
+        /// The peer's rank (in the world communicator of the transport).
+        peer: usize,
+        /// What ended the connection.
+        reason: String,
+    },
+    /// A connection or bootstrap step was refused by the other side (wrong job token, unknown
+    /// peer, mismatched job); the message says why.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// An I/O error outside a peer's connection (binding a rail address, reaching the
+    /// rendezvous address).
+    #[error("{what}: {message}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's description.
+        message: String,
+    },
 }
 
 /// `Result` with ferry-comm's [`Error`].

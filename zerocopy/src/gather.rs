@@ -7,9 +7,10 @@
 
 use ferry_gpu::{DeviceBuffer, Gpu, LaunchConfig, Stream};
 
+use crate::bucket::Bucketing;
 use crate::error::{Result, ZeroCopyError, invalid};
 use crate::index::{GatherIndex, sort_with_positions};
-use crate::kernel::{BUCKET_SRC, GATHER_SRC, STREAM_COPY_SRC};
+use crate::kernel::{GATHER_SRC, STREAM_COPY_SRC};
 use crate::shape::{LaunchShape, launch_shape};
 use crate::table::TableView;
 
@@ -197,7 +198,7 @@ impl Gatherer {
     }
 
     /// Gathers with indices already on the device after bucketing them on the GPU by 64 KiB
-    /// windows of the table (a one-pass counting sort, [`BUCKET_SRC`]), so the rows are read
+    /// windows of the table (a one-pass counting sort on the GPU), so the rows are read
     /// window by window in address order and written to their original positions. Returns the
     /// GPU time of bucketing and gathering together, in milliseconds; blocks until done.
     pub fn gather_device_bucketed<I: GatherIndex>(
@@ -210,69 +211,25 @@ impl Gatherer {
         if n == 0 {
             return self.launch(table, indices, None, out);
         }
-        check_sizes(&table, indices, None, out)?;
-        // 1. Buckets of at least one row and about 64 KiB of table each.
-        let rows_per_window = (65536 / table.row_bytes().max(1)).max(1);
-        let shift = (usize::BITS - 1 - rows_per_window.leading_zeros()) as i32;
-        let nb = (table.rows() >> shift) + 1;
+        check_sizes(&table, n, None, out)?;
         let stream = self.stream().clone();
-        let mut counts: DeviceBuffer<u32> = stream.alloc_zeros(nb)?;
-        let mut sorted: DeviceBuffer<I> = stream.alloc_zeros(n)?;
-        let mut pos: DeviceBuffer<i64> = stream.alloc_zeros(n)?;
-        let defines = [format!("-DIDX_BITS={}", 8 * size_of::<I>())];
-        let defines: Vec<&str> = defines.iter().map(String::as_str).collect();
-        let gpu = stream.gpu().clone();
-        let zero = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_zero", &defines)?;
-        let count = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_count", &defines)?;
-        let scan = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_scan", &defines)?;
-        let scatter = gpu.kernel_with_options(BUCKET_SRC, "ferry_bucket_scatter", &defines)?;
-        let grid = |items: usize| LaunchConfig {
-            grid_dim: (items.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (n64, nb64) = (n as i64, nb as i64);
+        let bucketing = Bucketing::new::<I>(&stream, &table)?;
+        let mut scratch = bucketing.scratch::<I>(&stream, n)?;
         self.bad.copy_htod(&[u64::MAX])?;
         let start = stream.record_event()?;
-        // SAFETY: for every launch below, the arguments match the kernels' parameters in order and type;
-        // `counts` holds `nb` counters, `sorted` and `pos` hold `n` entries, every kernel loops
-        // below those bounds, and bucket numbers are clamped into `0..nb`. The stream is
-        // synchronized before any buffer is read or dropped.
+        bucketing.enqueue(&stream, indices, n, &mut scratch)?;
+        // SAFETY: the stream is synchronized below, before this call returns and so before the
+        // table can be released or written, or `out` and the flag read, by the host.
         unsafe {
-            zero.launch_builder(&stream)
-                .arg_buffer_mut(&mut counts)
-                .arg(&nb64)
-                .launch(grid(nb))?;
-            count
-                .launch_builder(&stream)
-                .arg_buffer(indices)
-                .arg(&n64)
-                .arg(&shift)
-                .arg_buffer_mut(&mut counts)
-                .arg(&nb64)
-                .launch(grid(n))?;
-            let one_block = LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (1024, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            scan.launch_builder(&stream)
-                .arg_buffer_mut(&mut counts)
-                .arg(&nb64)
-                .launch(one_block)?;
-            scatter
-                .launch_builder(&stream)
-                .arg_buffer(indices)
-                .arg(&n64)
-                .arg(&shift)
-                .arg_buffer_mut(&mut counts)
-                .arg(&nb64)
-                .arg_buffer_mut(&mut sorted)
-                .arg_buffer_mut(&mut pos)
-                .launch(grid(n))?;
-            self.launcher
-                .enqueue(table, &sorted, Some(&pos), out, &mut self.bad)?;
-        }
+            self.launcher.enqueue(
+                table,
+                &scratch.sorted,
+                n,
+                Some(&scratch.pos),
+                out,
+                &mut self.bad,
+            )
+        }?;
         let end = stream.record_event()?;
         stream.synchronize()?;
         let ms = start.elapsed_ms(&end)?;
@@ -301,7 +258,7 @@ impl Gatherer {
         out: &mut DeviceBuffer<u8>,
     ) -> Result<f32> {
         if idx.is_empty() {
-            check_sizes(&table, idx, out_pos, out)?;
+            check_sizes(&table, 0, out_pos, out)?;
             return Ok(0.0);
         }
         self.bad.copy_htod(&[u64::MAX])?;
@@ -310,7 +267,7 @@ impl Gatherer {
         // the table can be released or written, or `out` and the flag read, by the host.
         unsafe {
             self.launcher
-                .enqueue(table, idx, out_pos, out, &mut self.bad)
+                .enqueue(table, idx, idx.len(), out_pos, out, &mut self.bad)
         }?;
         let end = self.stream().record_event()?;
         self.stream().synchronize()?;
@@ -351,8 +308,9 @@ impl Launcher {
         )
     }
 
-    /// Queues `ferry_gather` on the stream without waiting; `bad` receives the first bad
-    /// position (reset it to `u64::MAX` first). Checks sizes; an empty batch queues nothing.
+    /// Queues `ferry_gather` of the first `n` indices of `idx` (and `out_pos`) on the stream
+    /// without waiting; `bad` receives the first bad position (reset it to `u64::MAX` first).
+    /// Checks sizes; an empty batch queues nothing.
     ///
     /// # Safety
     ///
@@ -362,12 +320,18 @@ impl Launcher {
         &self,
         table: TableView<'_>,
         idx: &DeviceBuffer<I>,
+        n: usize,
         out_pos: Option<&DeviceBuffer<i64>>,
         out: &mut DeviceBuffer<u8>,
         bad: &mut DeviceBuffer<u64>,
     ) -> Result<()> {
-        check_sizes(&table, idx, out_pos, out)?;
-        let n = idx.len();
+        if n > idx.len() {
+            return Err(invalid(format!(
+                "gathering {n} rows with {} indices",
+                idx.len()
+            )));
+        }
+        check_sizes(&table, n, out_pos, out)?;
         if n == 0 {
             return Ok(());
         }
@@ -435,14 +399,14 @@ impl Launcher {
     }
 }
 
-/// Checks that `out` holds the batch and `out_pos` matches `idx`.
-fn check_sizes<I>(
+/// Checks that `out` holds `n` rows and `out_pos` covers them.
+fn check_sizes(
     table: &TableView<'_>,
-    idx: &DeviceBuffer<I>,
+    n: usize,
     out_pos: Option<&DeviceBuffer<i64>>,
     out: &DeviceBuffer<u8>,
 ) -> Result<()> {
-    let (n, rb) = (idx.len(), table.row_bytes());
+    let rb = table.row_bytes();
     let need = n
         .checked_mul(rb)
         .ok_or_else(|| invalid(format!("{n} rows of {rb} bytes overflow")))?;
@@ -452,9 +416,9 @@ fn check_sizes<I>(
             out.len()
         )));
     }
-    if out_pos.is_some_and(|p| p.len() != n) {
+    if out_pos.is_some_and(|p| p.len() < n) {
         return Err(invalid(
-            "the output positions must match the indices in number",
+            "the output positions must cover the indices",
         ));
     }
     Ok(())

@@ -14,6 +14,7 @@
 //! Not done yet: asynchronous index uploads in the pipeline, read-only registration of files,
 //! multi-GPU tables.
 
+mod bucket;
 mod cpu;
 mod error;
 mod gather;

@@ -4,15 +4,23 @@
 //!
 //! Steps for batch `b`, in slot `b % 2` (free: its last batch was consumed one step ago):
 //! 1. Check the indices on the host (the error names the first bad one).
-//! 2. Upload them (sorted, with output positions, when asked) on the upload stream.
-//! 3. Queue the gather on the pipeline's own stream and record an event after it.
+//! 2. Upload them into the slot's index buffer (sorted on the host, with output positions,
+//!    when [`GatherOptions::sort`] asks; the common case uploads them as they are).
+//! 3. Queue on the pipeline's own stream: the GPU bucketing of the indices by table window
+//!    when [`GatherOptions::bucket`] is on (the default, as in [`crate::Gatherer`]), then the
+//!    gather; record an event after it.
 //! 4. Wait for batch `b - 1`'s event and hand its rows to the consumer.
 //!
-//! Not done yet: asynchronous index uploads (ferry-gpu's copies block the host), more than two
-//! slots, handing batches to a consumer on another thread.
+//! Every buffer (indices, bucketing scratch, output) is allocated once per slot, for
+//! `max_batch` indices.
+//!
+//! Not done yet: asynchronous index uploads (ferry-gpu's copies block the host), batches of
+//! indices already on the device, more than two slots, handing batches to a consumer on
+//! another thread.
 
 use ferry_gpu::{DeviceBuffer, Event, Gpu, Stream};
 
+use crate::bucket::{BucketScratch, Bucketing};
 use crate::error::{Result, invalid};
 use crate::gather::{GatherOptions, Launcher};
 use crate::index::{GatherIndex, sort_with_positions, validate_indices};
@@ -21,8 +29,12 @@ use crate::table::TableView;
 /// One buffer set of the two.
 #[derive(Debug)]
 struct Slot<I> {
-    idx: Option<DeviceBuffer<I>>,
+    /// Room for `max_batch` indices; the batch fills a prefix.
+    idx: DeviceBuffer<I>,
+    /// Output positions of host-sorted batches (with [`GatherOptions::sort`]).
     out_pos: Option<DeviceBuffer<i64>>,
+    /// Bucketing scratch (with [`GatherOptions::bucket`] and no host sort).
+    buckets: Option<BucketScratch<I>>,
     out: DeviceBuffer<u8>,
     bad: DeviceBuffer<u64>,
     done: Option<Event>,
@@ -35,14 +47,15 @@ struct Slot<I> {
 pub struct GatherPipeline<'t, I: GatherIndex> {
     table: TableView<'t>,
     launcher: Launcher,
-    upload: Stream,
+    bucketing: Option<Bucketing>,
     slots: [Slot<I>; 2],
     max_batch: usize,
 }
 
 impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
     /// A pipeline over `table` for batches of up to `max_batch` indices; allocates two output
-    /// buffers of `max_batch * row_bytes` bytes.
+    /// buffers of `max_batch * row_bytes` bytes, and per slot room for `max_batch` indices
+    /// and their bucketing (or sorting) scratch.
     pub fn new(
         gpu: &Gpu,
         table: TableView<'t>,
@@ -54,10 +67,25 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
         let bytes = max_batch
             .checked_mul(table.row_bytes())
             .ok_or_else(|| invalid(format!("batches of {max_batch} rows overflow")))?;
+        let bucketing = if options.bucket && !options.sort {
+            Some(Bucketing::new::<I>(&stream, &table)?)
+        } else {
+            None
+        };
         let slot = || -> Result<Slot<I>> {
             Ok(Slot {
-                idx: None,
-                out_pos: None,
+                // On the upload stream: their blocking copies then wait for nothing on the
+                // pipeline's stream (the kernels that read them wait for the copies).
+                idx: upload.alloc_zeros(max_batch)?,
+                out_pos: if options.sort {
+                    Some(upload.alloc_zeros(max_batch)?)
+                } else {
+                    None
+                },
+                buckets: match &bucketing {
+                    Some(b) => Some(b.scratch(&stream, max_batch)?),
+                    None => None,
+                },
                 out: stream.alloc_zeros(bytes)?,
                 bad: upload.clone_htod(&[u64::MAX])?,
                 done: None,
@@ -69,7 +97,7 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             table,
             launcher: Launcher::new(&stream, options)?,
             slots: [slot()?, slot()?],
-            upload,
+            bucketing,
             max_batch,
         })
     }
@@ -115,25 +143,36 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             }
             validate_indices(idx, self.table.rows())?;
             let s = b % 2;
+            let n = idx.len();
             let slot = &mut self.slots[s];
-            if self.launcher.options.sort {
-                let (sorted, positions) = sort_with_positions(idx);
-                slot.idx = Some(self.upload.clone_htod(&sorted)?);
-                slot.out_pos = Some(self.upload.clone_htod(&positions)?);
-            } else {
-                slot.idx = Some(self.upload.clone_htod(idx)?);
-                slot.out_pos = None;
+            // The slot's last gather finished (its event was waited for) one step ago, so its
+            // buffers are free; each copy below blocks until done.
+            match &mut slot.out_pos {
+                Some(out_pos) => {
+                    let (sorted, positions) = sort_with_positions(idx);
+                    slot.idx.copy_htod(&sorted)?;
+                    out_pos.copy_htod(&positions)?;
+                }
+                None => slot.idx.copy_htod(idx)?,
             }
             slot.bad.copy_htod(&[u64::MAX])?;
-            let dev_idx = slot.idx.as_ref().expect("set just above");
+            let stream = &self.launcher.stream;
+            let (gather_idx, gather_pos) = match (&self.bucketing, &mut slot.buckets) {
+                (Some(bucketing), Some(scratch)) => {
+                    bucketing.enqueue(stream, &slot.idx, n, scratch)?;
+                    (&scratch.sorted, Some(&scratch.pos))
+                }
+                _ => (&slot.idx, slot.out_pos.as_ref()),
+            };
             // SAFETY: the table is borrowed for 't, beyond the pipeline, whose `Drop` and error
             // path synchronize the stream; the host reads `out` and `bad` only after the
-            // slot's `done` event has completed.
+            // slot's `done` event has completed, and rewrites the slot's buffers only after that.
             unsafe {
                 self.launcher.enqueue(
                     self.table,
-                    dev_idx,
-                    slot.out_pos.as_ref(),
+                    gather_idx,
+                    n,
+                    gather_pos,
                     &mut slot.out,
                     &mut slot.bad,
                 )

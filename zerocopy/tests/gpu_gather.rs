@@ -262,15 +262,25 @@ fn pipeline_delivers_every_batch_in_order() {
     let mut table = HostTable::alloc(&gpu, 5000, 384).unwrap();
     table.fill_pattern(21);
     let mut rng = Rng(77);
-    let batches: Vec<Vec<i32>> = [1000usize, 17, 0, 1000, 999]
+    // A short batch after a full one: the slot's stale indices beyond it must not be used.
+    let batches: Vec<Vec<i32>> = [1000usize, 17, 0, 1000, 999, 1, 1000]
         .iter()
         .map(|&n| indices(&mut rng, n, 5000))
         .collect();
-    for sort in [false, true] {
-        let options = GatherOptions {
-            sort,
+    // Bucketed on the GPU (the default), sorted on the host, and neither.
+    let variants = [
+        GatherOptions::default(),
+        GatherOptions {
+            sort: true,
             ..Default::default()
-        };
+        },
+        GatherOptions {
+            bucket: false,
+            ..Default::default()
+        },
+    ];
+    for options in variants {
+        let sort = (options.sort, options.bucket);
         let mut p = GatherPipeline::new(&gpu, table.view(), 1000, options).unwrap();
         let mut seen = Vec::new();
         p.run(&batches, |b, out, rows| {
@@ -279,13 +289,13 @@ fn pipeline_delivers_every_batch_in_order() {
             assert_eq!(
                 got[..rows * 384],
                 reference(table.view(), &batches[b])[..],
-                "batch {b} sort {sort}"
+                "batch {b} (sort, bucket) {sort:?}"
             );
             seen.push(b);
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen, [0, 1, 2, 3, 4]);
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6]);
         let bad = vec![vec![1i32, 2], vec![3, 5000]];
         let err = p.run(&bad, |_, _, _| Ok(())).unwrap_err();
         assert!(
