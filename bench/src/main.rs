@@ -2,10 +2,12 @@
 //! before it reports, runs its baseline in the same process, prints a table of ratios and can
 //! write one JSON record per case (`--json PATH`).
 //!
-//! Not done yet: `halo3d`, `allreduce`, `gnn`, `fabric-sim`, `calibrate`; the
+//! Not done yet: `allreduce`, `gnn`, `fabric-sim`, `calibrate`; the
 //! issues that build those capabilities add their subcommands here.
 
 mod gather;
+mod halo3d;
+mod launch;
 mod p2p;
 mod pack;
 mod pingpong_ddt;
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Zero-copy GPU gather of feature rows from mapped host memory beside CPU gather + copy.
     Gather(gather::Args),
+    /// 26-neighbour 3D halo exchange (examples/halo3d.c) through Open MPI and through ferry.
+    Halo3d(halo3d::Args),
     /// Point-to-point ping-pong through ferry-comm's MpiComm beside plain rsmpi, under mpirun.
     P2p(p2p::Args),
     /// ferry's pack/unpack beside Open MPI's MPI_Pack/MPI_Unpack on application datatypes.
@@ -38,6 +42,7 @@ fn main() {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Gather(args) => gather::run(&args),
+        Command::Halo3d(args) => halo3d::run(&args),
         Command::P2p(args) => p2p::run(&args),
         Command::Pack(args) => pack::run(&args),
         Command::PingpongDdt(args) => pingpong_ddt::run(&args),

@@ -14,7 +14,7 @@ use ferry_comm::datatype::MpiType;
 use ferry_datatypes::Order;
 use ferry_datatypes::testing::Recipe;
 
-use crate::report::write_json_lines;
+use crate::report::{median, write_json_lines};
 
 /// Options of `ferry-bench pack`.
 #[derive(clap::Args, Debug)]
@@ -243,11 +243,6 @@ pub(crate) fn cases(scale: f64) -> Vec<(String, Box<Recipe>, usize)> {
         ));
     }
     v
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), String> {

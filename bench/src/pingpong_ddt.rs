@@ -9,14 +9,14 @@
 //! / contiguous time (the target: at most 1.5).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use ferry_comm::datatype::MpiType;
 use ferry_comm::{Comm, MpiRuntime};
 use ferry_datatypes::testing::Recipe;
 
-use crate::report::write_json_lines;
+use crate::launch;
+use crate::report::{median, write_json_lines};
 
 /// Options of `ferry-bench pingpong-ddt`.
 #[derive(clap::Args, Debug)]
@@ -101,19 +101,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         return worker(args, out);
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let lib = match &args.interposer {
-        Some(p) => p.clone(),
-        None => exe
-            .parent()
-            .map(|d| d.join("libferry_mpi.so"))
-            .ok_or("no executable folder")?,
-    };
-    if !lib.exists() {
-        return Err(format!(
-            "{} not found: build it (cargo build --release -p ferry-mpi) or pass --interposer",
-            lib.display()
-        ));
-    }
+    let lib = launch::interposer(args.interposer.as_ref())?;
     let dir = std::env::temp_dir().join(format!("ferry-pingpong-ddt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let plain = dir.join("openmpi.json");
@@ -176,55 +164,25 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 fn launch(args: &Args, exe: &Path, preload: Option<&Path>, out: &Path) -> Result<(), String> {
-    let mut cmd = Command::new("mpirun");
-    if running_as_root() {
-        cmd.arg("--allow-run-as-root");
-    }
-    cmd.args(["--oversubscribe", "-np", "2"]);
-    cmd.args(args.mpirun_args.split_whitespace());
-    if let Some(lib) = preload {
-        cmd.arg("-x").arg(format!("LD_PRELOAD={}", lib.display()));
-    }
-    cmd.arg(exe).arg("pingpong-ddt");
-    cmd.args([
-        "--iters",
-        &args.iters.to_string(),
-        "--reps",
-        &args.reps.to_string(),
-    ]);
+    let mut worker_args = vec![
+        "pingpong-ddt".to_string(),
+        "--iters".into(),
+        args.iters.to_string(),
+        "--reps".into(),
+        args.reps.to_string(),
+    ];
     if let Some(f) = &args.filter {
-        cmd.args(["--filter", f]);
+        worker_args.extend(["--filter".into(), f.clone()]);
     }
-    cmd.arg("--worker").arg(out);
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run mpirun: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "the {} run failed: {status}",
-            if preload.is_some() {
-                "interposed"
-            } else {
-                "plain"
-            }
-        ));
-    }
-    Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    worker_args.extend(["--worker".into(), out.display().to_string()]);
+    let cmd = launch::mpirun(2, &args.mpirun_args, preload, exe, &worker_args);
+    let what = if preload.is_some() {
+        "the interposed run"
+    } else {
+        "the plain run"
+    };
+    launch::output(cmd, what).map(|stdout| print!("{stdout}"))
 }
 
 fn worker(args: &Args, out: &Path) -> Result<(), String> {

@@ -122,3 +122,12 @@ mod tests {
         assert!(parse_bytes("").is_err());
     }
 }
+
+/// The median of `v` (the upper one for an even count); `NaN` for an empty `v`.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
