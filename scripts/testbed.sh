@@ -346,6 +346,14 @@ PY
 main() {
     local cmd=${1:-}
     [ $# -gt 0 ] && shift
+    # Changes to a bed are serialised (two `up`s at once would race); reads are not.
+    case $cmd in
+        up | down | rate | link)
+            if command -v flock >/dev/null; then
+                exec 9<"$0"
+                flock -w 120 9 || die "another testbed.sh command has held the lock for 120 s"
+            fi ;;
+    esac
     case $cmd in
         up) cmd_up "$@" ;;
         down) cmd_down ;;
