@@ -1,0 +1,302 @@
+//! `RailBalancer`: re-weights a multi-rail transport from its own telemetry, so each rail
+//! carries a share of every large message in proportion to the bandwidth it delivers now.
+//!
+//! 1. Read the telemetry records newer than the last read that name a rail (`rail: Some(i)`):
+//!    one per rail share of a striped send or receive.
+//! 2. Turn each into a throughput, bytes / (duration − wait), skipping records under
+//!    `min_bytes` (latency, not bandwidth, dominates those).
+//! 3. Keep the last `window` throughputs per rail; a rail's estimate is their median, so one
+//!    slow or fast outlier moves nothing and a lasting change wins after `window / 2 + 1`
+//!    samples.
+//! 4. Weights are the estimates normalised to sum to 1; a rail with no samples yet keeps its
+//!    prior (from the topology's line rates), scaled to the measured rails; every live rail
+//!    keeps at least `min_share`, so a slowed rail is still measured and can win back traffic
+//!    when it recovers. Dropped rails (the anomaly detector's call) get 0.
+//!
+//! [`RailBalancer::after_op`] runs this every `every` operations and hands the weights to
+//! [`ferry_comm::Comm::set_rail_weights`].
+
+use std::collections::VecDeque;
+
+use ferry_comm::{Comm, Record, Telemetry};
+
+use crate::error::{Result, invalid};
+
+/// Re-weights the rails of a communicator from live telemetry; see the module docs.
+#[derive(Clone, Debug)]
+pub struct RailBalancer {
+    prior: Vec<f64>,
+    samples: Vec<VecDeque<f64>>,
+    dropped: Vec<bool>,
+    window: usize,
+    every: u64,
+    min_bytes: u64,
+    min_share: f64,
+    next_seq: u64,
+    ops: u64,
+    updates: u64,
+}
+
+impl RailBalancer {
+    /// A balancer for rails whose expected rates are `prior` (any unit, e.g. Gbit/s from the
+    /// topology's NICs); pass equal values when nothing is known.
+    pub fn new(prior: &[f64]) -> Result<Self> {
+        let prior = ferry_comm::check_rail_weights(prior, prior.len()).map_err(|e| invalid(e.to_string()))?;
+        Ok(RailBalancer {
+            samples: vec![VecDeque::new(); prior.len()],
+            dropped: vec![false; prior.len()],
+            prior,
+            window: 5,
+            every: 4,
+            min_bytes: 64 << 10,
+            min_share: 0.01,
+            next_seq: 0,
+            ops: 0,
+            updates: 0,
+        })
+    }
+
+    /// Re-weight every `k` operations (default 4).
+    pub fn every(mut self, k: u64) -> Self {
+        self.every = k.max(1);
+        self
+    }
+
+    /// Throughputs kept per rail for the median (default 5).
+    pub fn window(mut self, w: usize) -> Self {
+        self.window = w.max(1);
+        self
+    }
+
+    /// Records shorter than this are ignored (default 64 KiB).
+    pub fn min_bytes(mut self, b: u64) -> Self {
+        self.min_bytes = b;
+        self
+    }
+
+    /// The least share a live rail keeps (default 0.01).
+    pub fn min_share(mut self, s: f64) -> Self {
+        self.min_share = s.clamp(0.0, 1.0 / self.prior.len() as f64);
+        self
+    }
+
+    /// Number of rails.
+    pub fn rails(&self) -> usize {
+        self.prior.len()
+    }
+
+    /// How many times [`RailBalancer::update`] has run.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Takes rail `i` out of use (weight 0) until [`RailBalancer::restore`]; refuses to drop the
+    /// last live rail.
+    pub fn drop_rail(&mut self, i: usize) -> Result<()> {
+        if i >= self.rails() {
+            return Err(invalid(format!("rail {i} of {}", self.rails())));
+        }
+        if self.dropped.iter().enumerate().all(|(j, d)| *d || j == i) {
+            return Err(invalid(format!("rail {i} is the last live rail")));
+        }
+        self.dropped[i] = true;
+        Ok(())
+    }
+
+    /// Puts a dropped rail back, with its old samples forgotten.
+    pub fn restore(&mut self, i: usize) -> Result<()> {
+        if i >= self.rails() {
+            return Err(invalid(format!("rail {i} of {}", self.rails())));
+        }
+        self.dropped[i] = false;
+        self.samples[i].clear();
+        Ok(())
+    }
+
+    /// Adds records (those naming a rail of this balancer and long enough) to the windows.
+    pub fn ingest(&mut self, records: &[Record]) {
+        for r in records {
+            self.next_seq = self.next_seq.max(r.seq + 1);
+            let Some(rail) = r.rail.map(usize::from).filter(|&i| i < self.rails()) else {
+                continue;
+            };
+            let busy = r.duration_ns().saturating_sub(r.wait_ns);
+            if r.bytes < self.min_bytes || busy == 0 {
+                continue;
+            }
+            let q = &mut self.samples[rail];
+            if q.len() == self.window {
+                q.pop_front();
+            }
+            q.push_back(r.bytes as f64 * 1e9 / busy as f64);
+        }
+    }
+
+    /// The median throughput of each rail's window in bytes per second (`None` without samples).
+    pub fn throughput(&self) -> Vec<Option<f64>> {
+        self.samples
+            .iter()
+            .map(|q| {
+                let mut v: Vec<f64> = q.iter().copied().collect();
+                if v.is_empty() {
+                    return None;
+                }
+                v.sort_by(f64::total_cmp);
+                let m = v.len() / 2;
+                Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+            })
+            .collect()
+    }
+
+    /// The weights the current estimates give (step 4 of the module docs).
+    pub fn weights(&self) -> Vec<f64> {
+        let est = self.throughput();
+        let live = |i: usize| !self.dropped[i];
+        // Scale of the priors against measured rates: measured bytes/s per unit of prior.
+        let (m, p) = (0..self.rails())
+            .filter(|&i| live(i))
+            .filter_map(|i| est[i].map(|e| (e, self.prior[i])))
+            .fold((0.0, 0.0), |(m, p), (e, q)| (m + e, p + q));
+        let scale = if p > 0.0 { m / p } else { 1.0 };
+        let raw: Vec<f64> = (0..self.rails())
+            .map(|i| if live(i) { est[i].unwrap_or(self.prior[i] * scale) } else { 0.0 })
+            .collect();
+        let total: f64 = raw.iter().sum();
+        let mut w: Vec<f64> = raw.iter().map(|x| if total > 0.0 { x / total } else { 0.0 }).collect();
+        let lives = (0..self.rails()).filter(|&i| live(i)).count();
+        if total <= 0.0 {
+            return (0..self.rails()).map(|i| if live(i) { 1.0 / lives as f64 } else { 0.0 }).collect();
+        }
+        for (i, x) in w.iter_mut().enumerate() {
+            if live(i) {
+                *x = x.max(self.min_share);
+            }
+        }
+        let total: f64 = w.iter().sum();
+        w.iter().map(|x| x / total).collect()
+    }
+
+    /// Reads the telemetry records since the last read and returns the new weights.
+    pub fn update(&mut self, telemetry: &Telemetry) -> Vec<f64> {
+        let recs = telemetry.since(self.next_seq);
+        self.ingest(&recs);
+        self.updates += 1;
+        self.weights()
+    }
+
+    /// Counts one operation; every `every` operations, updates from `telemetry` and sets the
+    /// weights on `comm` (only where its rail count matches). Returns the weights it set.
+    pub fn after_op<C: Comm>(&mut self, comm: &C, telemetry: &Telemetry) -> Result<Option<Vec<f64>>> {
+        self.ops += 1;
+        if self.ops % self.every != 0 || comm.rail_count() != self.rails() {
+            return Ok(None);
+        }
+        let w = self.update(telemetry);
+        comm.set_rail_weights(&w)?;
+        tracing::debug!(rank = comm.rank(), weights = ?w, "rails re-weighted");
+        Ok(Some(w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GBIT: f64 = 1e9 / 8.0; // bytes per second in one Gbit/s
+
+    /// One striped operation of `bytes` over rails of true rates `gbit` with weights `w`: each
+    /// rail's share takes share / rate (plus noise), and records itself as TcpComm does.
+    fn striped(t: &Telemetry, bytes: f64, w: &[f64], gbit: &[f64], noise: &mut impl FnMut() -> f64) {
+        let start = t.now_ns();
+        for (i, (&wi, &g)) in w.iter().zip(gbit).enumerate() {
+            let share = bytes * wi;
+            let ns = (share / (g * GBIT) * 1e9 * noise()) as u64;
+            t.record(Record::new("send", share as u64, start, start + ns.max(1)).with_rail(i).with_peer(1));
+        }
+    }
+
+    /// A small deterministic generator (xorshift) for noise in 0.8..1.2 with rare 5x outliers.
+    fn noise(seed: u64) -> impl FnMut() -> f64 {
+        let mut s = seed.max(1);
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s % 10_000) as f64 / 10_000.0;
+            if s % 23 == 0 { 5.0 } else { 0.8 + 0.4 * u }
+        }
+    }
+
+    fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    #[test]
+    fn converges_after_a_rail_is_throttled() {
+        let t = Telemetry::new(4096);
+        let mut b = RailBalancer::new(&[2.0, 2.0]).unwrap().every(1);
+        let mut n = noise(7);
+        let mut w = b.weights();
+        assert!(close(&w, &[0.5, 0.5], 1e-12));
+        let mut truth = [2.0, 2.0];
+        for _ in 0..6 {
+            striped(&t, 16e6, &w, &truth, &mut n);
+            w = b.update(&t);
+        }
+        assert!(close(&w, &[0.5, 0.5], 0.1), "{w:?}");
+        // Rail 1 throttled from 2 to 0.5 Gbit/s: the fair split is 0.8 / 0.2.
+        truth = [2.0, 0.5];
+        let mut converged_at = None;
+        for op in 1..=10 {
+            striped(&t, 16e6, &w, &truth, &mut n);
+            w = b.update(&t);
+            if converged_at.is_none() && close(&w, &[0.8, 0.2], 0.05) {
+                converged_at = Some(op);
+            }
+        }
+        let at = converged_at.expect("weights never reached 0.8 / 0.2");
+        assert!(at <= 4, "took {at} updates");
+        assert!(close(&w, &[0.8, 0.2], 0.05), "{w:?}");
+        // And back when the rail recovers.
+        truth = [2.0, 2.0];
+        for _ in 0..6 {
+            striped(&t, 16e6, &w, &truth, &mut n);
+            w = b.update(&t);
+        }
+        assert!(close(&w, &[0.5, 0.5], 0.1), "{w:?}");
+    }
+
+    #[test]
+    fn priors_small_records_and_dropped_rails() {
+        let t = Telemetry::new(64);
+        let mut b = RailBalancer::new(&[2.0, 0.2]).unwrap();
+        assert!(close(&b.weights(), &[2.0 / 2.2, 0.2 / 2.2], 1e-12));
+        // Small records say nothing about bandwidth.
+        t.record(Record::new("send", 100, 0, 1_000_000).with_rail(0));
+        assert!(close(&b.update(&t), &[2.0 / 2.2, 0.2 / 2.2], 1e-12));
+        // One measured rail scales the other's prior.
+        t.record(Record::new("send", 1 << 20, 0, 1_000_000).with_rail(0));
+        let w = b.update(&t);
+        assert!(close(&w, &[2.0 / 2.2, 0.2 / 2.2], 1e-9), "{w:?}");
+        b.drop_rail(1).unwrap();
+        assert_eq!(b.weights(), [1.0, 0.0]);
+        assert!(b.drop_rail(0).is_err());
+        assert!(b.drop_rail(5).is_err());
+        b.restore(1).unwrap();
+        assert!(b.weights()[1] > 0.0);
+        assert!(RailBalancer::new(&[1.0, -1.0]).is_err());
+        assert!(RailBalancer::new(&[]).is_err());
+    }
+
+    #[test]
+    fn a_very_slow_rail_keeps_its_floor() {
+        let t = Telemetry::new(64);
+        let mut b = RailBalancer::new(&[1.0, 1.0]).unwrap().min_share(0.02);
+        for _ in 0..5 {
+            t.record(Record::new("send", 1 << 20, 0, 1_000_000).with_rail(0));
+            t.record(Record::new("send", 1 << 20, 0, 1_000_000_000).with_rail(1));
+        }
+        let w = b.update(&t);
+        assert!(w[1] > 0.019 && w[1] < 0.02, "{w:?}");
+    }
+}
