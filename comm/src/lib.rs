@@ -15,12 +15,12 @@
 //! | `MPI_Status`                 | [`Status`]                              |
 //! | `MPI_Comm_split`             | [`Comm::split`]                         |
 //!
-//! Backends: [`MpiComm`] (over the MPI library, under `mpirun`) and [`ThreadComm`] (ranks as
-//! threads). Both pass [`conformance`].
+//! Backends: [`MpiComm`] (over the MPI library, under `mpirun`), [`ThreadComm`] (ranks as
+//! threads) and [`TcpComm`] (multi-rail TCP on tokio, bootstrapped through MPI or a rendezvous
+//! address). All pass [`conformance`].
 //!
 //! [`telemetry`] is the bounded record of operations that backends and collectives fill.
 //!
-//! Not done yet: the multi-rail TCP backend (`TcpComm`), which the heterogeneous-NIC issue adds.
 
 mod comm;
 pub mod conformance;
@@ -29,6 +29,7 @@ mod error;
 mod log;
 mod mpi;
 mod scope;
+mod tcp;
 pub mod telemetry;
 mod thread;
 
@@ -37,5 +38,9 @@ pub use crate::error::{Error, Result};
 pub use crate::log::{FERRY_LOG, init_logging};
 pub use crate::mpi::{MpiComm, MpiRequest, MpiRuntime};
 pub use crate::scope::{RecvRequest, Scope, SendRequest, wait_all};
+pub use crate::tcp::{
+    FERRY_TCP_FAULTS, FERRY_TCP_RAILS, FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, Fault, FaultInjector,
+    TcpComm, TcpConfig, TcpRequest,
+};
 pub use crate::telemetry::{Record, Telemetry};
 pub use crate::thread::{ThreadComm, ThreadRequest};
