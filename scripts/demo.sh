@@ -20,7 +20,7 @@ echo "== ping-pong, 2 pairs at once: ferry's MpiComm beside plain rsmpi"
 echo
 echo "== a 26-neighbour 3D halo exchange of subarray types: plain Open MPI, then through libferry_mpi.so"
 cargo build --release -p ferry-mpi
-HALO3D=target/c/halo3d-release bash scripts/bench-halo3d.sh target/demo/halo3d.jsonl 32 4
+target/release/ferry-bench halo3d --n 32 --ranks 4 --launches 1 --json target/demo/halo3d.jsonl
 echo
 echo "== derived-type ping-pong: Open MPI alone, through ferry, and contiguous"
 target/release/ferry-bench pingpong-ddt --iters 20 --reps 5 --mpirun-args "--bind-to none" --json target/demo/pingpong-ddt.json

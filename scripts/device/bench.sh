@@ -2,7 +2,7 @@
 # Runs the datatype benchmarks on the GPU machine's CPUs over binaries staged by stage.sh:
 # correctness first (ferry vs this machine's MPI_Pack; ddt_exchange with and without the
 # interposer), then `ferry-bench pack`, `ferry-bench pingpong-ddt` and the halo3d exchange at
-# 2, 4 and 8 ranks. Writes JSON and a log under $OUT (or ./device-out).
+# 2, 4 and 8 ranks (ferry-bench halo3d). Writes JSON and a log under $OUT (or ./device-out).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-device-out}; mkdir -p "$out"
@@ -21,7 +21,8 @@ status=0
     echo "== pingpong-ddt"
     $bin/ferry-bench pingpong-ddt --iters 50 --reps 9 --json "$out/pingpong-ddt.jsonl" || status=1
     echo "== halo3d"
-    HALO3D_BIND="--bind-to core --map-by core" FERRY_LIB=$PWD/$bin/libferry_mpi.so HALO3D=$bin/halo3d bash scripts/bench-halo3d.sh "$out/halo3d.jsonl" 64 2 4 8 || status=1
+    $bin/ferry-bench halo3d --program $bin/halo3d --ranks 2,4,8 --launches 3 \
+        --mpirun-args "--bind-to core --map-by core" --json "$out/halo3d.jsonl" || status=1
     echo "device bench status: $status"
 } 2>&1 | tee "$out/bench.log"
 exit $status
