@@ -15,7 +15,9 @@
 # Usage: scripts/bench-allreduce-openmpi.sh [OUT.jsonl]
 # Environment: RANKS ("2 4"), CONFIGS ("default tuned tuned_links2 tuned_ring"), MAX_BYTES (256M),
 # TARGET_SECONDS (0.5 of timed operations per size), MAX_SECONDS (per sweep, 300),
-# FAST_RATE (2gbit), SLOW_RATE (200mbit).
+# FAST_RATE (2gbit), SLOW_RATE (200mbit), NICE (priority of the job; unset: as the caller's).
+# Records carry the 1-minute load average before and after their sweep: on a shared machine,
+# small-message latency is mostly scheduling delay when the load is high.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in mpicc mpirun python3; do
@@ -33,6 +35,9 @@ max_bytes=${MAX_BYTES:-256M}
 target=${TARGET_SECONDS:-0.5}
 budget=${MAX_SECONDS:-300}
 fast=${FAST_RATE:-2gbit}
+# NICE (e.g. -5) runs the job at that priority, against other work on a shared machine.
+nice=""
+if [ -n "${NICE:-}" ]; then [[ $NICE =~ ^-?[0-9]+$ ]] || { echo "NICE must be an integer" >&2; exit 2; }; nice="nice -n $NICE"; fi
 slow=${SLOW_RATE:-200mbit}
 # A bed of its own, so that a bed someone else is using (or has throttled) is left alone.
 export FERRY_TESTBED_PREFIX=${FERRY_TESTBED_PREFIX:-ferry-oa}
@@ -70,13 +75,14 @@ for np in $ranks; do
         read -r -a extra <<<"$(config_args "$cfg")"
         echo "bench-allreduce-openmpi: $np ranks, $cfg: ${extra[*]:-(no extra arguments)}"
         start=$(date +%s)
-        FERRY_TESTBED_TIMEOUT=$((budget + 120)) bash scripts/testbed-mpirun.sh -np "$np" "${extra[@]}" \
+        load_start=$(cut -d' ' -f1 /proc/loadavg)
+        FERRY_TESTBED_TIMEOUT=$((budget + 120)) $nice bash scripts/testbed-mpirun.sh -np "$np" "${extra[@]}" \
             "$exe" --max-bytes "$max_bytes" --target-seconds "$target" --max-seconds "$budget" \
             --label "$cfg" >"$raw"
         python3 - "$raw" "$cfg" "${extra[*]:-}" "$FERRY_TESTBED_DIR/testbed.toml" "$fast" "$slow" \
-            "$(($(date +%s) - start))" >>"$out" <<'PY'
+            "$(($(date +%s) - start))" "$load_start" "$(cut -d' ' -f1 /proc/loadavg)" "${NICE:-0}" >>"$out" <<'PY'
 import json, os, platform, re, subprocess, sys, time
-raw, cfg, args, toml, fast, slow, secs = sys.argv[1:]
+raw, cfg, args, toml, fast, slow, secs, load0, load1, nice = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
 cores = sum(1 for l in open("/proc/cpuinfo") if l.startswith("processor"))
 ompi = re.search(r"v?(\d+\.\d+\.\d+)", subprocess.run(["mpirun", "--version"], capture_output=True, text=True).stdout)
@@ -93,6 +99,10 @@ for line in open(raw):
     r["config"] = cfg
     r["mpirun_args"] = args
     r["sweep_seconds"] = int(secs)
+    # The machine is shared: the 1-minute load average around the sweep says how busy it was.
+    r["loadavg_start"] = float(load0)
+    r["loadavg_end"] = float(load1)
+    r["nice"] = int(nice)
     r["machine"] = machine
     print(json.dumps(r))
     n += 1
