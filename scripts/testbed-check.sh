@@ -53,10 +53,18 @@ for i, h in enumerate(t["hosts"]):
     assert rails["fast"]["bandwidth_gbps"] == 2.0 and rails["slow"]["bandwidth_gbps"] == 0.2, rails
     assert rails["fast"]["address"] == f"10.201.1.{i + 1}" and rails["slow"]["address"] == f"10.201.2.{i + 1}"
     assert all(r["class"] == "ethernet" and r["up"] for r in h["rails"])
+# The same bed as a ferry-collectives Topology (only the fields Topology::from_toml accepts).
+topo = tomllib.load(open(sys.argv[1].replace("testbed.toml", "topology.toml"), "rb"))
+assert [n["name"] for n in topo["node"]] == names
+for n in topo["node"]:
+    assert set(n) == {"name", "nic"}, n
+    nics = {x["name"]: x for x in n["nic"]}
+    assert nics["fast"]["gbit"] == 2.0 and nics["slow"]["gbit"] == 0.2 and nics["mgmt"]["role"] == "management"
+    assert all(set(x) <= {"name", "class", "gbit", "address", "role"} for x in n["nic"])
 PY
 }
 if python3 -c 'import tomllib' 2>/dev/null; then
-    check "testbed.toml describes 2 hosts with their rails, addresses and rates" toml_ok
+    check "testbed.toml and topology.toml describe 2 hosts with their rails, addresses and rates" toml_ok
 else
     check "testbed.toml names both hosts and both rates" \
         bash -c "grep -c '^name = \"$prefix-h' '$toml' | grep -qx 2 && grep -q 'bandwidth_gbps = 2.0' '$toml' && grep -q 'bandwidth_gbps = 0.2' '$toml'"

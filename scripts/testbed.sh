@@ -28,7 +28,8 @@
 # FERRY_TESTBED_LATENCY (tbf queue bound, 20ms). Flags override the environment.
 #
 # `up` writes DIR/testbed.toml (hosts; per host its rails with name, class, address,
-# bandwidth_gbps), rewritten from the live qdiscs and links by `rate` and `link`. Where namespaces
+# bandwidth_gbps), rewritten from the live qdiscs and links by `rate` and `link`, and the same
+# bed as a ferry-collectives Topology in DIR/topology.toml (`Topology::from_toml`'s format). Where namespaces
 # cannot be made (not root, no `ip netns`), every command prints "skip: <reason>" and exits 0.
 set -euo pipefail
 
@@ -129,7 +130,7 @@ teardown() {
         fi
         ip netns del "$ns"
     done
-    rm -f "$DIR/state" "$DIR/testbed.toml" "$DIR/hostfile"
+    rm -f "$DIR/state" "$DIR/testbed.toml" "$DIR/topology.toml" "$DIR/hostfile"
     rmdir "$DIR" 2>/dev/null || true
 }
 
@@ -178,6 +179,35 @@ write_toml() {
         done
     } >"$tmp"
     mv "$tmp" "$DIR/testbed.toml"
+    write_topology
+}
+
+# The same bed in the format of ferry-collectives' `Topology::from_toml` (collectives/src/
+# topology.rs: `[[node]]` with `nic = [{ name, class, gbit, address, role }]`), so a job can load
+# or patch its topology straight from the bed. Ranks are the job's business and are left out.
+write_topology() {
+    local n i rail tmp
+    n=$(host_count)
+    tmp=$(mktemp "$DIR/topology.toml.XXXXXX")
+    {
+        echo "# ferry test bed '$PREFIX' as a ferry-collectives Topology, written by scripts/testbed.sh."
+        echo "name = \"$PREFIX-testbed\""
+        for ((i = 0; i < n; i++)); do
+            echo
+            echo "[[node]]"
+            echo "name = \"$(host_ns "$i")\""
+            echo "nic = ["
+            for rail in "${RAILS[@]}"; do
+                local gbit
+                gbit=$(awk -v want="10.201.$(rail_net "$rail").$((i + 1))" '
+                    /^address = / { a = $3; gsub(/"/, "", a) } /^bandwidth_gbps = / && a == want { print $3; exit }' "$DIR/testbed.toml")
+                echo "    { name = \"$rail\", class = \"ethernet\", gbit = $gbit, address = \"$(addr "$i" "$rail")\" },"
+            done
+            echo "    { name = \"mgmt\", class = \"ethernet\", address = \"$(addr "$i" mgmt)\", role = \"management\" },"
+            echo "]"
+        done
+    } >"$tmp"
+    mv "$tmp" "$DIR/topology.toml"
 }
 
 cmd_up() {
