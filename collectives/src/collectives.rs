@@ -213,6 +213,10 @@ impl<C: Comm> Collectives<C> {
                     b.borrow_mut().after_op(&self.comm, &self.telemetry)?;
                 }
             }
+            // Bad arguments are the caller's to handle; transport failures are news.
+            Err(e @ Error::InvalidArgument(_)) => {
+                tracing::debug!(rank = self.comm.rank(), op, error = %e, "collective refused")
+            }
             Err(e) => tracing::warn!(rank = self.comm.rank(), op, error = %e, "collective failed"),
         }
         out
