@@ -30,6 +30,8 @@ mod config;
 mod engine;
 mod fault;
 mod link;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::collections::HashMap;
