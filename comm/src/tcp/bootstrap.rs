@@ -261,9 +261,9 @@ pub(crate) async fn connect_all(
     drop(tx);
     let mut conns = HashMap::new();
     let mut dials = tokio::task::JoinSet::new();
-    for peer in 0..rank {
+    for (peer, row) in table.iter().enumerate().take(rank) {
         for (rail, local) in cfg.rails.iter().enumerate() {
-            let to: SocketAddr = table[peer][rail].parse().expect("checked by check_table");
+            let to: SocketAddr = row[rail].parse().expect("checked by check_table");
             let hello = Hello {
                 rank: rank as u32,
                 size: size as u32,
