@@ -232,14 +232,20 @@ impl<'a, C: Comm> Run<'a, C> {
             if r % 2 == 0 {
                 self.comm.send(r + 1, tags::DOUBLING, bytes(buf))?;
                 self.timed(|| {
-                    self.comm
-                        .recv(Source::Rank(r + 1), TagMatch::Tag(tags::DOUBLING), bytes_mut(buf))
+                    self.comm.recv(
+                        Source::Rank(r + 1),
+                        TagMatch::Tag(tags::DOUBLING),
+                        bytes_mut(buf),
+                    )
                 })?;
                 return Ok(());
             }
             self.timed(|| {
-                self.comm
-                    .recv(Source::Rank(r - 1), TagMatch::Tag(tags::DOUBLING), bytes_mut(&mut tmp))
+                self.comm.recv(
+                    Source::Rank(r - 1),
+                    TagMatch::Tag(tags::DOUBLING),
+                    bytes_mut(&mut tmp),
+                )
             })?;
             for (a, t) in buf.iter_mut().zip(&tmp) {
                 *a = T::combine(op, *t, *a); // x[2i] ⊕ x[2i+1]
@@ -263,8 +269,16 @@ impl<'a, C: Comm> Run<'a, C> {
                     bytes_mut(&mut tmp),
                 )
             })?;
-            let (lo, hi): (&[T], &[T]) = if virt < (virt ^ d) { (buf, &tmp) } else { (&tmp, buf) };
-            let combined: Vec<T> = lo.iter().zip(hi).map(|(a, b)| T::combine(op, *a, *b)).collect();
+            let (lo, hi): (&[T], &[T]) = if virt < (virt ^ d) {
+                (buf, &tmp)
+            } else {
+                (&tmp, buf)
+            };
+            let combined: Vec<T> = lo
+                .iter()
+                .zip(hi)
+                .map(|(a, b)| T::combine(op, *a, *b))
+                .collect();
             buf.copy_from_slice(&combined);
             d <<= 1;
         }
@@ -277,7 +291,12 @@ impl<'a, C: Comm> Run<'a, C> {
 
     /// Binomial-tree reduce to `root`; only the root's `buf` holds the result afterwards
     /// (other ranks' buffers hold partial results).
-    pub(crate) fn tree_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
+    pub(crate) fn tree_reduce<T: Element>(
+        &self,
+        buf: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
         let p = self.comm.size();
         let v = (self.comm.rank() + p - root) % p;
         let mut tmp = vec![T::zeroed(); buf.len()];
@@ -291,8 +310,11 @@ impl<'a, C: Comm> Run<'a, C> {
             if v + d < p {
                 let child = (v + d + root) % p;
                 self.timed(|| {
-                    self.comm
-                        .recv(Source::Rank(child), TagMatch::Tag(tags::REDUCE), bytes_mut(&mut tmp))
+                    self.comm.recv(
+                        Source::Rank(child),
+                        TagMatch::Tag(tags::REDUCE),
+                        bytes_mut(&mut tmp),
+                    )
                 })?;
                 combine_into(op, buf, &tmp); // acc[v] ⊕ acc[v + d]
             }

@@ -125,7 +125,8 @@ impl<C: Comm> Collectives<C> {
     /// `/proc/sys/kernel/hostname` share a node.
     pub fn discover_nodes(mut self) -> Result<Self> {
         let host = Node::discover().name;
-        let all = Run::new(&self.comm, self.planner.chunk_bytes).allgather_varied(host.as_bytes())?;
+        let all =
+            Run::new(&self.comm, self.planner.chunk_bytes).allgather_varied(host.as_bytes())?;
         let mut names: Vec<&Vec<u8>> = Vec::new();
         let node_of = all
             .iter()
@@ -152,15 +153,24 @@ impl<C: Comm> Collectives<C> {
             }],
         }
         .to_toml();
-        let all = Run::new(&self.comm, self.planner.chunk_bytes).allgather_varied(mine.as_bytes())?;
+        let all =
+            Run::new(&self.comm, self.planner.chunk_bytes).allgather_varied(mine.as_bytes())?;
         let mut topo = Topology::default();
         for (rank, text) in all.iter().enumerate() {
             let text = String::from_utf8_lossy(text);
-            let t = Topology::from_toml(&text).map_err(|e| Error::Topology(format!("rank {rank}'s node: {e}")))?;
-            let node = t.nodes.into_iter().next().ok_or_else(|| Error::Topology(format!("rank {rank} sent no node")))?;
+            let t = Topology::from_toml(&text)
+                .map_err(|e| Error::Topology(format!("rank {rank}'s node: {e}")))?;
+            let node = t
+                .nodes
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Topology(format!("rank {rank} sent no node")))?;
             match topo.nodes.iter_mut().find(|n| n.name == node.name) {
                 Some(n) => n.ranks.push(rank),
-                None => topo.nodes.push(Node { ranks: vec![rank], ..node }),
+                None => topo.nodes.push(Node {
+                    ranks: vec![rank],
+                    ..node
+                }),
             }
         }
         topo.validate()?;
@@ -180,7 +190,11 @@ impl<C: Comm> Collectives<C> {
             if nodes > 1 && nodes < self.comm.size() {
                 plan.nodes = nodes;
                 if let Algorithm::Ring | Algorithm::RecursiveDoubling = plan.algorithm {
-                    let inter = if plan.algorithm == Algorithm::Ring { Flat::Ring } else { Flat::RecursiveDoubling };
+                    let inter = if plan.algorithm == Algorithm::Ring {
+                        Flat::Ring
+                    } else {
+                        Flat::RecursiveDoubling
+                    };
                     plan.algorithm = Algorithm::Hierarchical { inter };
                 }
             }
@@ -198,8 +212,14 @@ impl<C: Comm> Collectives<C> {
     }
 
     /// Runs one collective: span, algorithm, telemetry record, rail balancing.
-    fn run<R>(&self, op: &'static str, bytes: usize, f: impl FnOnce(&Run<'_, C>) -> Result<R>) -> Result<R> {
-        let _span = tracing::debug_span!("collective", rank = self.comm.rank(), op, bytes).entered();
+    fn run<R>(
+        &self,
+        op: &'static str,
+        bytes: usize,
+        f: impl FnOnce(&Run<'_, C>) -> Result<R>,
+    ) -> Result<R> {
+        let _span =
+            tracing::debug_span!("collective", rank = self.comm.rank(), op, bytes).entered();
         let start = self.telemetry.now_ns();
         let run = Run::new(&self.comm, self.planner.chunk_bytes);
         let out = f(&run);
@@ -207,7 +227,8 @@ impl<C: Comm> Collectives<C> {
         match &out {
             Ok(_) => {
                 self.telemetry.record(
-                    Record::new(op, bytes as u64, start, end).with_wait(run.waited().as_nanos() as u64),
+                    Record::new(op, bytes as u64, start, end)
+                        .with_wait(run.waited().as_nanos() as u64),
                 );
                 if let Some(b) = &self.balancer {
                     b.borrow_mut().after_op(&self.comm, &self.telemetry)?;
@@ -229,9 +250,18 @@ impl<C: Comm> Collectives<C> {
     }
 
     /// All-reduce of `send` into `recv` (equal lengths).
-    pub fn allreduce_into<T: Element>(&self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn allreduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         if send.len() != recv.len() {
-            return Err(invalid(format!("allreduce of {} elements into {}", send.len(), recv.len())));
+            return Err(invalid(format!(
+                "allreduce of {} elements into {}",
+                send.len(),
+                recv.len()
+            )));
         }
         recv.copy_from_slice(send);
         self.allreduce(recv, op)
@@ -250,7 +280,12 @@ impl<C: Comm> Collectives<C> {
 
     /// All-reduce in place with a given algorithm (the reduction order of each is in
     /// [`crate::algo`]'s docs).
-    pub fn allreduce_with<T: Element>(&self, alg: Algorithm, buf: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn allreduce_with<T: Element>(
+        &self,
+        alg: Algorithm,
+        buf: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         let bytes = std::mem::size_of_val(buf);
         let h = match alg {
             Algorithm::Hierarchical { .. } => Some(self.hierarchy()?),
@@ -282,7 +317,12 @@ impl<C: Comm> Collectives<C> {
 
     /// Reduce-scatter: `send` holds `p` blocks of `recv.len()` elements; block `r` of the
     /// reduction lands in rank `r`'s `recv` (ring order).
-    pub fn reduce_scatter<T: Element>(&self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
         let p = self.comm.size();
         if send.len() != recv.len() * p {
             return Err(invalid(format!(
@@ -292,7 +332,9 @@ impl<C: Comm> Collectives<C> {
             )));
         }
         let mut work = send.to_vec();
-        let parts: Vec<Range<usize>> = (0..p).map(|r| r * recv.len()..(r + 1) * recv.len()).collect();
+        let parts: Vec<Range<usize>> = (0..p)
+            .map(|r| r * recv.len()..(r + 1) * recv.len())
+            .collect();
         self.run("reduce_scatter", std::mem::size_of_val(send), |run| {
             run.ring_reduce_scatter(&mut work, &parts, op)
         })?;
@@ -302,9 +344,15 @@ impl<C: Comm> Collectives<C> {
 
     /// Reduce-scatter in place over the partition of [`crate::blocks`] (sizes may differ by
     /// one, so any length works); returns this rank's range, which holds its reduced block.
-    pub fn reduce_scatter_in_place<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<Range<usize>> {
+    pub fn reduce_scatter_in_place<T: Element>(
+        &self,
+        buf: &mut [T],
+        op: ReduceOp,
+    ) -> Result<Range<usize>> {
         let parts = blocks(buf.len(), self.comm.size());
-        self.run("reduce_scatter", std::mem::size_of_val(buf), |run| run.ring_reduce_scatter(buf, &parts, op))?;
+        self.run("reduce_scatter", std::mem::size_of_val(buf), |run| {
+            run.ring_reduce_scatter(buf, &parts, op)
+        })?;
         Ok(parts[self.comm.rank()].clone())
     }
 
@@ -318,38 +366,56 @@ impl<C: Comm> Collectives<C> {
                 recv.len()
             )));
         }
-        let parts: Vec<Range<usize>> = (0..p).map(|r| r * send.len()..(r + 1) * send.len()).collect();
+        let parts: Vec<Range<usize>> = (0..p)
+            .map(|r| r * send.len()..(r + 1) * send.len())
+            .collect();
         recv[parts[self.comm.rank()].clone()].copy_from_slice(send);
-        self.run("allgather", std::mem::size_of_val(recv), |run| run.ring_allgather(recv, &parts))
+        self.run("allgather", std::mem::size_of_val(recv), |run| {
+            run.ring_allgather(recv, &parts)
+        })
     }
 
     /// All-gather in place over the partition of [`crate::blocks`]: each rank's own range is
     /// its contribution.
     pub fn allgather_in_place<T: Element>(&self, buf: &mut [T]) -> Result<()> {
         let parts = blocks(buf.len(), self.comm.size());
-        self.run("allgather", std::mem::size_of_val(buf), |run| run.ring_allgather(buf, &parts))
+        self.run("allgather", std::mem::size_of_val(buf), |run| {
+            run.ring_allgather(buf, &parts)
+        })
     }
 
     /// Broadcast from `root`: a binomial tree below the small-message threshold, scatter then
     /// ring all-gather above it.
     pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
         if root >= self.comm.size() {
-            return Err(Error::Comm(ferry_comm::Error::InvalidRank { rank: root, size: self.comm.size() }));
+            return Err(Error::Comm(ferry_comm::Error::InvalidRank {
+                rank: root,
+                size: self.comm.size(),
+            }));
         }
         let bytes = std::mem::size_of_val(buf);
         let small = bytes < self.planner.small_bytes || self.comm.size() <= 2;
         let b = crate::algo::bytes_mut(buf);
         self.run("broadcast", bytes, |run| {
-            if small { run.tree_broadcast(b, root) } else { run.scatter_allgather_broadcast(b, root) }
+            if small {
+                run.tree_broadcast(b, root)
+            } else {
+                run.scatter_allgather_broadcast(b, root)
+            }
         })
     }
 
     /// Reduce to `root` (binomial tree); only the root's `buf` holds the result afterwards.
     pub fn reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
         if root >= self.comm.size() {
-            return Err(Error::Comm(ferry_comm::Error::InvalidRank { rank: root, size: self.comm.size() }));
+            return Err(Error::Comm(ferry_comm::Error::InvalidRank {
+                rank: root,
+                size: self.comm.size(),
+            }));
         }
-        self.run("reduce", std::mem::size_of_val(buf), |run| run.tree_reduce(buf, op, root))
+        self.run("reduce", std::mem::size_of_val(buf), |run| {
+            run.tree_reduce(buf, op, root)
+        })
     }
 
     /// Dissemination barrier.

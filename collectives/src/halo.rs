@@ -53,10 +53,15 @@ pub struct HaloRegion {
 
 fn check_peer<C: Comm>(comm: &C, peer: usize, channel: u16) -> Result<()> {
     if peer >= comm.size() {
-        return Err(invalid(format!("halo peer {peer} of a communicator of {}", comm.size())));
+        return Err(invalid(format!(
+            "halo peer {peer} of a communicator of {}",
+            comm.size()
+        )));
     }
     if channel > MAX_CHANNEL {
-        return Err(invalid(format!("halo channel {channel} is over {MAX_CHANNEL}")));
+        return Err(invalid(format!(
+            "halo channel {channel} is over {MAX_CHANNEL}"
+        )));
     }
     Ok(())
 }
@@ -64,7 +69,11 @@ fn check_peer<C: Comm>(comm: &C, peer: usize, channel: u16) -> Result<()> {
 impl<C: Comm> Run<'_, C> {
     /// Posts every receive, then every send, and waits for all; each receive must be filled
     /// exactly. Arguments are checked before any message moves.
-    pub(crate) fn halo_bytes(&self, sends: &[HaloSend<'_>], recvs: &mut [HaloRecv<'_>]) -> Result<()> {
+    pub(crate) fn halo_bytes(
+        &self,
+        sends: &[HaloSend<'_>],
+        recvs: &mut [HaloRecv<'_>],
+    ) -> Result<()> {
         for s in sends {
             check_peer(self.comm, s.peer, s.channel)?;
         }
@@ -76,7 +85,11 @@ impl<C: Comm> Run<'_, C> {
             for r in recvs.iter_mut() {
                 let want = r.data.len();
                 let tag = tags::HALO + i32::from(r.channel);
-                pending.push((r.peer, want, sc.irecv(Source::Rank(r.peer), TagMatch::Tag(tag), &mut *r.data)?));
+                pending.push((
+                    r.peer,
+                    want,
+                    sc.irecv(Source::Rank(r.peer), TagMatch::Tag(tag), &mut *r.data)?,
+                ));
             }
             for s in sends {
                 let _sent = sc.isend(s.peer, tags::HALO + i32::from(s.channel), s.data)?;
@@ -116,25 +129,39 @@ impl<C: Comm> Run<'_, C> {
         }
         let mut packed = Vec::with_capacity(sends.len());
         for s in sends {
-            let n = s.ty.packed_size(s.count).ok_or_else(|| invalid("halo region size overflows"))?;
+            let n =
+                s.ty.packed_size(s.count)
+                    .ok_or_else(|| invalid("halo region size overflows"))?;
             let mut out = vec![0u8; n];
             s.ty.pack(buf, origin, s.count, &mut out)?;
             packed.push(out);
         }
         let mut incoming: Vec<Vec<u8>> = recvs
             .iter()
-            .map(|r| r.ty.packed_size(r.count).map(|n| vec![0u8; n]).ok_or_else(|| invalid("halo region size overflows")))
+            .map(|r| {
+                r.ty.packed_size(r.count)
+                    .map(|n| vec![0u8; n])
+                    .ok_or_else(|| invalid("halo region size overflows"))
+            })
             .collect::<Result<_>>()?;
         {
             let out: Vec<HaloSend<'_>> = sends
                 .iter()
                 .zip(&packed)
-                .map(|(s, p)| HaloSend { peer: s.peer, channel: s.channel, data: p })
+                .map(|(s, p)| HaloSend {
+                    peer: s.peer,
+                    channel: s.channel,
+                    data: p,
+                })
                 .collect();
             let mut inc: Vec<HaloRecv<'_>> = recvs
                 .iter()
                 .zip(incoming.iter_mut())
-                .map(|(r, p)| HaloRecv { peer: r.peer, channel: r.channel, data: p })
+                .map(|(r, p)| HaloRecv {
+                    peer: r.peer,
+                    channel: r.channel,
+                    data: p,
+                })
                 .collect();
             self.halo_bytes(&out, &mut inc)?;
         }

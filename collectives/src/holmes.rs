@@ -114,7 +114,9 @@ fn from_stages(dims: ParallelDims, stages: &[Vec<usize>]) -> Groups {
 pub fn megatron_groups(ranks: usize, dims: ParallelDims) -> Result<Groups> {
     dims.check(ranks)?;
     let stage = dims.tp * dims.dp;
-    let stages: Vec<Vec<usize>> = (0..dims.pp).map(|s| (s * stage..(s + 1) * stage).collect()).collect();
+    let stages: Vec<Vec<usize>> = (0..dims.pp)
+        .map(|s| (s * stage..(s + 1) * stage).collect())
+        .collect();
     Ok(from_stages(dims, &stages))
 }
 
@@ -130,7 +132,11 @@ pub fn holmes_groups(topology: &Topology, dims: ParallelDims) -> Result<Groups> 
     let mut stages = Vec::new();
     let mut leftover = Vec::new();
     for class in [NicClass::Infiniband, NicClass::Roce, NicClass::Ethernet] {
-        let mine: Vec<usize> = order.iter().copied().filter(|&r| classes[r] == class).collect();
+        let mine: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&r| classes[r] == class)
+            .collect();
         let full = mine.len() / stage * stage;
         stages.extend(mine[..full].chunks(stage).map(<[usize]>::to_vec));
         leftover.extend_from_slice(&mine[full..]);

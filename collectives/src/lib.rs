@@ -36,7 +36,9 @@ pub use crate::algo::blocks;
 pub use crate::collectives::Collectives;
 pub use crate::error::{Error, Result};
 pub use crate::halo::{HaloRecv, HaloRegion, HaloSend, MAX_CHANNEL};
-pub use crate::holmes::{Crossings, GroupComms, Groups, ParallelDims, holmes_groups, megatron_groups};
+pub use crate::holmes::{
+    Crossings, GroupComms, Groups, ParallelDims, holmes_groups, megatron_groups,
+};
 pub use crate::plan::{Algorithm, Flat, Plan, Planner};
 pub use crate::rail::RailBalancer;
 pub use crate::reduce::{Element, ReduceOp};

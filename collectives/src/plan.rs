@@ -61,7 +61,9 @@ impl std::fmt::Display for Algorithm {
         match self {
             Algorithm::Ring => f.write_str("ring"),
             Algorithm::RecursiveDoubling => f.write_str("recursive doubling"),
-            Algorithm::Hierarchical { inter } => write!(f, "hierarchical ({inter} among node leaders)"),
+            Algorithm::Hierarchical { inter } => {
+                write!(f, "hierarchical ({inter} among node leaders)")
+            }
         }
     }
 }
@@ -93,7 +95,11 @@ fn human(bytes: usize) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 || v.fract() == 0.0 { format!("{v:.0} {}", UNITS[u]) } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl std::fmt::Display for Plan {
@@ -138,9 +144,15 @@ impl Planner {
     /// given and it places exactly `ranks` ranks; otherwise the topology is not used).
     pub fn allreduce(&self, topology: Option<&Topology>, ranks: usize, bytes: usize) -> Plan {
         let topo = topology.filter(|t| t.ranks() == ranks && t.node_of_ranks().is_ok());
-        let nodes = topo.map_or(1, |t| t.nodes.iter().filter(|n| !n.ranks.is_empty()).count());
+        let nodes = topo.map_or(1, |t| {
+            t.nodes.iter().filter(|n| !n.ranks.is_empty()).count()
+        });
         let crowded = topo.is_some_and(|t| t.nodes.iter().any(|n| n.ranks.len() > 1));
-        let flat = if bytes < self.small_bytes { Flat::RecursiveDoubling } else { Flat::Ring };
+        let flat = if bytes < self.small_bytes {
+            Flat::RecursiveDoubling
+        } else {
+            Flat::Ring
+        };
         let algorithm = if nodes > 1 && crowded {
             Algorithm::Hierarchical { inter: flat }
         } else {

@@ -41,7 +41,8 @@ impl RailBalancer {
     /// A balancer for rails whose expected rates are `prior` (any unit, e.g. Gbit/s from the
     /// topology's NICs); pass equal values when nothing is known.
     pub fn new(prior: &[f64]) -> Result<Self> {
-        let prior = ferry_comm::check_rail_weights(prior, prior.len()).map_err(|e| invalid(e.to_string()))?;
+        let prior = ferry_comm::check_rail_weights(prior, prior.len())
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(RailBalancer {
             samples: vec![VecDeque::new(); prior.len()],
             dropped: vec![false; prior.len()],
@@ -143,7 +144,11 @@ impl RailBalancer {
                 }
                 v.sort_by(f64::total_cmp);
                 let m = v.len() / 2;
-                Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+                Some(if v.len() % 2 == 1 {
+                    v[m]
+                } else {
+                    (v[m - 1] + v[m]) / 2.0
+                })
             })
             .collect()
     }
@@ -159,13 +164,24 @@ impl RailBalancer {
             .fold((0.0, 0.0), |(m, p), (e, q)| (m + e, p + q));
         let scale = if p > 0.0 { m / p } else { 1.0 };
         let raw: Vec<f64> = (0..self.rails())
-            .map(|i| if live(i) { est[i].unwrap_or(self.prior[i] * scale) } else { 0.0 })
+            .map(|i| {
+                if live(i) {
+                    est[i].unwrap_or(self.prior[i] * scale)
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let total: f64 = raw.iter().sum();
-        let mut w: Vec<f64> = raw.iter().map(|x| if total > 0.0 { x / total } else { 0.0 }).collect();
+        let mut w: Vec<f64> = raw
+            .iter()
+            .map(|x| if total > 0.0 { x / total } else { 0.0 })
+            .collect();
         let lives = (0..self.rails()).filter(|&i| live(i)).count();
         if total <= 0.0 {
-            return (0..self.rails()).map(|i| if live(i) { 1.0 / lives as f64 } else { 0.0 }).collect();
+            return (0..self.rails())
+                .map(|i| if live(i) { 1.0 / lives as f64 } else { 0.0 })
+                .collect();
         }
         for (i, x) in w.iter_mut().enumerate() {
             if live(i) {
@@ -186,7 +202,11 @@ impl RailBalancer {
 
     /// Counts one operation; every `every` operations, updates from `telemetry` and sets the
     /// weights on `comm` (only where its rail count matches). Returns the weights it set.
-    pub fn after_op<C: Comm>(&mut self, comm: &C, telemetry: &Telemetry) -> Result<Option<Vec<f64>>> {
+    pub fn after_op<C: Comm>(
+        &mut self,
+        comm: &C,
+        telemetry: &Telemetry,
+    ) -> Result<Option<Vec<f64>>> {
         self.ops += 1;
         if self.ops % self.every != 0 || comm.rail_count() != self.rails() {
             return Ok(None);
@@ -206,12 +226,22 @@ mod tests {
 
     /// One striped operation of `bytes` over rails of true rates `gbit` with weights `w`: each
     /// rail's share takes share / rate (plus noise), and records itself as TcpComm does.
-    fn striped(t: &Telemetry, bytes: f64, w: &[f64], gbit: &[f64], noise: &mut impl FnMut() -> f64) {
+    fn striped(
+        t: &Telemetry,
+        bytes: f64,
+        w: &[f64],
+        gbit: &[f64],
+        noise: &mut impl FnMut() -> f64,
+    ) {
         let start = t.now_ns();
         for (i, (&wi, &g)) in w.iter().zip(gbit).enumerate() {
             let share = bytes * wi;
             let ns = (share / (g * GBIT) * 1e9 * noise()) as u64;
-            t.record(Record::new("send", share as u64, start, start + ns.max(1)).with_rail(i).with_peer(1));
+            t.record(
+                Record::new("send", share as u64, start, start + ns.max(1))
+                    .with_rail(i)
+                    .with_peer(1),
+            );
         }
     }
 

@@ -135,15 +135,30 @@ mod tests {
         for op in ReduceOp::ALL {
             for &a in &xs {
                 for &b in &xs {
-                    let (x, y) = (f32::combine(op, a as f32, b as f32), f32::combine(op, b as f32, a as f32));
-                    assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{op} {a} {b}");
-                    let (x, y) = (bf16::combine(op, bf16::from_f64(a), bf16::from_f64(b)), bf16::combine(op, bf16::from_f64(b), bf16::from_f64(a)));
-                    assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{op} {a} {b}");
+                    let (x, y) = (
+                        f32::combine(op, a as f32, b as f32),
+                        f32::combine(op, b as f32, a as f32),
+                    );
+                    assert!(
+                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        "{op} {a} {b}"
+                    );
+                    let (x, y) = (
+                        bf16::combine(op, bf16::from_f64(a), bf16::from_f64(b)),
+                        bf16::combine(op, bf16::from_f64(b), bf16::from_f64(a)),
+                    );
+                    assert!(
+                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        "{op} {a} {b}"
+                    );
                 }
             }
         }
         assert_eq!(i32::combine(ReduceOp::Sum, i32::MAX, 1), i32::MIN);
         assert_eq!(i64::combine(ReduceOp::Prod, 3, -4), -12);
-        assert_eq!(f16::combine(ReduceOp::Max, f16::from_f32(2.0), f16::from_f32(-1.0)), f16::from_f32(2.0));
+        assert_eq!(
+            f16::combine(ReduceOp::Max, f16::from_f32(2.0), f16::from_f32(-1.0)),
+            f16::from_f32(2.0)
+        );
     }
 }

@@ -209,9 +209,18 @@ impl Node {
 
     /// [`Node::discover`] under another root (a recorded copy of `/sys` and `/proc`, for tests).
     pub fn discover_in(root: &Path) -> Node {
-        let read = |p: &Path| std::fs::read_to_string(root.join(p)).ok().map(|s| s.trim().to_string());
-        let name = read(Path::new("proc/sys/kernel/hostname")).unwrap_or_else(|| "localhost".into());
-        let numa = |p: &Path| read(p).and_then(|s| s.parse::<i64>().ok()).and_then(|v| u32::try_from(v).ok());
+        let read = |p: &Path| {
+            std::fs::read_to_string(root.join(p))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let name =
+            read(Path::new("proc/sys/kernel/hostname")).unwrap_or_else(|| "localhost".into());
+        let numa = |p: &Path| {
+            read(p)
+                .and_then(|s| s.parse::<i64>().ok())
+                .and_then(|v| u32::try_from(v).ok())
+        };
         let pci_of = |dev: &Path| {
             std::fs::canonicalize(root.join(dev))
                 .ok()
@@ -221,7 +230,11 @@ impl Node {
         let mut nics = Vec::new();
         let net = root.join("sys/class/net");
         let mut names: Vec<String> = std::fs::read_dir(&net)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         for ifname in names.into_iter().filter(|n| n != "lo") {
@@ -253,7 +266,11 @@ impl Node {
         let mut gpus = Vec::new();
         let pci = root.join("sys/bus/pci/devices");
         let mut devs: Vec<String> = std::fs::read_dir(&pci)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         devs.sort();
         for dev in devs {
@@ -342,7 +359,10 @@ impl Topology {
         let mut seen = std::collections::HashSet::new();
         for n in &self.nodes {
             if !seen.insert(&n.name) {
-                return Err(Error::Topology(format!("node {:?} is listed twice", n.name)));
+                return Err(Error::Topology(format!(
+                    "node {:?} is listed twice",
+                    n.name
+                )));
             }
             for nic in &n.nics {
                 if let Some(g) = nic.gbit {
@@ -361,15 +381,17 @@ impl Topology {
             .flat_map(|n| n.ranks.iter().map(move |&r| (r, n.name.as_str())))
             .collect();
         ranks.sort();
-        for (i, w) in ranks.iter().enumerate() {
-            if w.0 != i {
-                let what = if i > 0 && ranks[i - 1].0 == w.0 {
-                    format!("rank {} is placed on both {:?} and {:?}", w.0, ranks[i - 1].1, w.1)
-                } else {
-                    format!("ranks must be 0..{} without gaps; rank {i} is missing", ranks.len())
-                };
-                return Err(Error::Topology(what));
-            }
+        if let Some(w) = ranks.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::Topology(format!(
+                "rank {} is placed on both {:?} and {:?}",
+                w[0].0, w[0].1, w[1].1
+            )));
+        }
+        if let Some((i, _)) = ranks.iter().enumerate().find(|(i, w)| w.0 != *i) {
+            return Err(Error::Topology(format!(
+                "ranks must be 0..{} without gaps; rank {i} is missing",
+                ranks.len()
+            )));
         }
         Ok(())
     }
@@ -472,6 +494,13 @@ mod tests {
         let n = Node::discover();
         assert!(!n.name.is_empty());
         assert!(n.nics.iter().all(|x| x.name != "lo"));
-        println!("{}", Topology { name: "here".into(), nodes: vec![n] }.to_toml());
+        println!(
+            "{}",
+            Topology {
+                name: "here".into(),
+                nodes: vec![n]
+            }
+            .to_toml()
+        );
     }
 }

@@ -23,8 +23,17 @@ fn suite_at(p: usize) {
             }
         }
     }
-    println!("p={p}: {} cases per rank in {:.2?}", per_rank[0].len(), t.elapsed());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "p={p}: {} cases per rank in {:.2?}",
+        per_rank[0].len(),
+        t.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -6,7 +6,9 @@ use ferry_collectives::check::{CheckOptions, run_checks};
 use ferry_comm::{Comm, MpiRuntime, Source, TagMatch};
 
 fn usage(msg: &str) -> ! {
-    eprintln!("ferry-collectives-check: {msg}\nusage: ferry-collectives-check [--thorough] [--ranks-per-node N]");
+    eprintln!(
+        "ferry-collectives-check: {msg}\nusage: ferry-collectives-check [--thorough] [--ranks-per-node N]"
+    );
     std::process::exit(2);
 }
 
@@ -39,7 +41,11 @@ fn main() {
     let results = run_checks(own, &opts);
     let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
     for r in &failed {
-        eprintln!("rank {rank}: FAILED {}: {}", r.name, r.failure.as_deref().unwrap_or(""));
+        eprintln!(
+            "rank {rank}: FAILED {}: {}",
+            r.name,
+            r.failure.as_deref().unwrap_or("")
+        );
     }
     // Rank 0 learns every rank's failure count, then prints the summary.
     const TAG: i32 = 999;
