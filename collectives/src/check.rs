@@ -566,42 +566,21 @@ pub fn run_checks<C: Comm>(comm: C, opts: &CheckOptions) -> Vec<CheckResult> {
             let mut a: Vec<f64> = (0..ROWS * COLS)
                 .map(|i| cell(r, i / COLS, i % COLS))
                 .collect();
-            let region = |peer, channel, col: usize| {
-                (
-                    HaloRegion {
-                        peer,
-                        channel,
-                        ty: column.clone(),
-                        count: 1,
-                    },
-                    col,
-                )
-            };
             // Each region is the column type moved to its column by an hindexed of one block.
-            let (s0, _) = region(left, 0, 1);
-            let (s1, _) = region(right, 1, COLS - 2);
-            let (r0, _) = region(right, 0, COLS - 1);
-            let (r1, _) = region(left, 1, 0);
-            let mut sends = Vec::new();
-            for (reg, col) in [(s0, 1), (s1, COLS - 2)] {
-                let shifted =
-                    ferry_datatypes::Type::hindexed(&[1], &[(col * 8) as isize], column.ty())
-                        .map_err(|e| e.to_string())?;
-                sends.push(HaloRegion {
-                    ty: shifted.commit(),
-                    ..reg
-                });
-            }
-            let mut recvs = Vec::new();
-            for (reg, col) in [(r0, COLS - 1), (r1, 0)] {
-                let shifted =
-                    ferry_datatypes::Type::hindexed(&[1], &[(col * 8) as isize], column.ty())
-                        .map_err(|e| e.to_string())?;
-                recvs.push(HaloRegion {
-                    ty: shifted.commit(),
-                    ..reg
-                });
-            }
+            let region = |peer: usize, channel: u16, col: usize| -> Result<HaloRegion, String> {
+                let ty = ferry_datatypes::Type::hindexed(&[1], &[(col * 8) as isize], column.ty())
+                    .map_err(|e| e.to_string())?
+                    .commit();
+                Ok(HaloRegion {
+                    peer,
+                    channel,
+                    ty,
+                    count: 1,
+                })
+            };
+            // Channel 0 carries data leftwards, channel 1 rightwards.
+            let sends = [region(left, 0, 1)?, region(right, 1, COLS - 2)?];
+            let recvs = [region(right, 0, COLS - 1)?, region(left, 1, 0)?];
             coll.halo_exchange_typed(&mut a, 0, &sends, &recvs)
                 .map_err(|e| e.to_string())?;
             for row in 0..ROWS {
