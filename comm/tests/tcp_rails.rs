@@ -291,9 +291,11 @@ fn a_dropped_connection_is_rail_down_on_both_sides() {
 
 #[test]
 fn a_timed_out_receive_loses_no_later_message() {
+    // Rank 0 times out after 400 ms; rank 1, which waits for rank 0, has 10 s.
+    let limit = |r: usize| Duration::from_millis(if r == 0 { 400 } else { 10_000 });
     let out = job(
         2,
-        |_| config(Duration::from_millis(400)),
+        |r| config(limit(r)),
         |c| {
             if c.rank() == 0 {
                 let mut b = [0u8; 8];

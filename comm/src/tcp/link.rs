@@ -85,6 +85,9 @@ pub(crate) struct Share {
     /// When the send started, on the telemetry clock.
     pub(crate) start_ns: u64,
     pub(crate) ticket: Option<Arc<SendTicket>>,
+    /// The rail and world rank it goes to (for the error if it is never written).
+    pub(crate) rail: usize,
+    pub(crate) peer: usize,
 }
 
 impl Share {
@@ -99,8 +102,8 @@ impl Drop for Share {
     fn drop(&mut self) {
         // A share dropped unwritten (its link died) must not leave its sender waiting.
         self.finish(Err(Error::RailDown {
-            rail: usize::MAX,
-            peer: usize::MAX,
+            rail: self.rail,
+            peer: self.peer,
             reason: "the connection closed before the share was written".into(),
         }));
     }

@@ -553,6 +553,8 @@ impl TcpComm {
                 data: data.slice(off..off + n),
                 start_ns,
                 ticket: Some(Arc::clone(&ticket)),
+                rail: r,
+                peer: world_dest,
             };
             match &self.inner.links[world_dest][r] {
                 // A refused job drops the share, whose drop fails the ticket.
