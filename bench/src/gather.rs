@@ -252,12 +252,14 @@ fn check_prefix(what: &str, view: TableView<'_>, out: &DeviceBuffer<u8>) -> Resu
     Ok(())
 }
 
-/// Poisons `out` so a method that writes nothing cannot pass the check.
-fn poison(out: &mut DeviceBuffer<u8>) -> Result<(), String> {
-    out.copy_htod(&vec![0xA5; out.len()]).map_err(es)
+/// Poisons `out` with `junk` (at least as long) so a method that writes nothing cannot pass
+/// the check.
+fn poison(out: &mut DeviceBuffer<u8>, junk: &[u8]) -> Result<(), String> {
+    out.copy_htod(&junk[..out.len()]).map_err(es)
 }
 
 /// Times `reps` runs of ferry's gather with `options` (two untimed first); checks the output.
+#[allow(clippy::too_many_arguments)] // One benchmark case's inputs, each used once.
 fn time_ferry(
     gpu: &Gpu,
     options: GatherOptions,
@@ -265,12 +267,13 @@ fn time_ferry(
     view: TableView<'_>,
     idx: &[i64],
     out: &mut DeviceBuffer<u8>,
+    junk: &[u8],
     reps: usize,
 ) -> Result<f64, String> {
     let err = |e: ferry_zerocopy::ZeroCopyError| format!("{what}: {e}");
     let mut g = Gatherer::new(gpu, options).map_err(err)?;
     let batch = g.prepare(idx).map_err(err)?;
-    poison(out)?;
+    poison(out, junk)?;
     for _ in 0..2 {
         g.gather_batch(view, &batch, out).map_err(err)?;
     }
@@ -299,8 +302,7 @@ fn time_pipeline(
     p.run(&list, |b, out, rows| {
         if bad.is_none() {
             let got = out.clone_dtoh()?;
-            if let Err(e) = check_rows("pipeline", view, list[b], &got[..rows * view.row_bytes()])
-            {
+            if let Err(e) = check_rows("pipeline", view, list[b], &got[..rows * view.row_bytes()]) {
                 bad = Some(e);
             }
         }
@@ -395,8 +397,14 @@ fn burn(
     let start = stream.record_event().map_err(es)?;
     // SAFETY: (float*, int) matches `ferry_burn`; it writes one float per thread and the grid
     // has exactly `out.len()` threads; the stream is synchronized before `out` is read.
-    unsafe { kernel.launch_builder(stream).arg_buffer_mut(out).arg(&iters).launch(cfg) }
-        .map_err(es)?;
+    unsafe {
+        kernel
+            .launch_builder(stream)
+            .arg_buffer_mut(out)
+            .arg(&iters)
+            .launch(cfg)
+    }
+    .map_err(es)?;
     let end = stream.record_event().map_err(es)?;
     stream.synchronize().map_err(es)?;
     Ok(start.elapsed_ms(&end).map_err(es)? as f64)
@@ -432,14 +440,15 @@ fn interference(
             ..Default::default()
         };
         let mut gout: DeviceBuffer<u8> = stream.alloc_zeros(bytes).map_err(es)?;
-        let capped = time_ferry(gpu, options, "capped", view, idx, &mut gout, reps)?;
+        let junk = vec![0xA5u8; bytes];
+        let capped = time_ferry(gpu, options, "capped", view, idx, &mut gout, &junk, reps)?;
         drop(gout);
         let stop = AtomicBool::new(false);
         let started = AtomicBool::new(false);
         let (beside, gathered) = std::thread::scope(|s| -> Result<(Vec<f64>, f64), String> {
             let worker = s.spawn(|| -> Result<f64, String> {
-                let mut p = GatherPipeline::<i64>::new(gpu, view, idx.len(), options)
-                    .map_err(es)?;
+                let mut p =
+                    GatherPipeline::<i64>::new(gpu, view, idx.len(), options).map_err(es)?;
                 let batches = std::iter::from_fn(|| (!stop.load(Ordering::Relaxed)).then_some(idx));
                 let mut count = 0usize;
                 let t = Instant::now();
@@ -581,24 +590,27 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             let idx = make_indices(dist, args.batch, rows, args.zipf_exponent, seed)?;
             let bytes = idx.len() * rb;
             let mut out: DeviceBuffer<u8> = stream.alloc_zeros(bytes).map_err(es)?;
+            let junk = vec![0xA5u8; bytes];
+            let t = |o: GatherOptions, what: &str, out: &mut DeviceBuffer<u8>| {
+                time_ferry(&gpu, o, what, view, &idx, out, &junk, reps)
+            };
 
-            let ferry = time_ferry(&gpu, default, "ferry", view, &idx, &mut out, reps)?;
+            let ferry = t(default, "ferry", &mut out)?;
             let no_align = GatherOptions {
                 align_lines: false,
                 ..default
             };
-            let ferry_no_align = time_ferry(&gpu, no_align, "no_align", view, &idx, &mut out, reps)?;
+            let ferry_no_align = t(no_align, "no_align", &mut out)?;
             let sort = GatherOptions {
                 sort: true,
                 ..default
             };
-            let ferry_sort = time_ferry(&gpu, sort, "with_sort", view, &idx, &mut out, reps)?;
+            let ferry_sort = t(sort, "with_sort", &mut out)?;
             let unsorted = GatherOptions {
                 bucket: false,
                 ..default
             };
-            let ferry_unsorted =
-                time_ferry(&gpu, unsorted, "unsorted", view, &idx, &mut out, reps)?;
+            let ferry_unsorted = t(unsorted, "unsorted", &mut out)?;
             let pipeline = if args.pipeline_batches > 0 {
                 let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
                 time_pipeline(&gpu, default, view, [&idx, &other], args.pipeline_batches)?
@@ -607,7 +619,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             };
 
             let mut times = Vec::with_capacity(reps);
-            poison(&mut out)?;
+            poison(&mut out, &junk)?;
             for _ in 0..=reps {
                 let t = Instant::now();
                 cpu.gather(view, &idx, &mut out)
@@ -633,7 +645,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             let sm_read = gbs(seq_bytes, median(times));
 
             let src = &table.as_bytes()[..seq_bytes];
-            poison(&mut seq)?;
+            poison(&mut seq, &junk)?;
             let mut times = Vec::with_capacity(reps);
             for r in 0..reps + 2 {
                 let start = seq.stream().record_event().map_err(es)?;

@@ -11,6 +11,7 @@ mod launch;
 mod p2p;
 mod pack;
 mod pingpong_ddt;
+mod plot;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Pack(pack::Args),
     /// Derived-type ping-pong through Open MPI and through libferry_mpi.so, beside contiguous.
     PingpongDdt(pingpong_ddt::Args),
+    /// PNG of `gather --json` records: GB/s against row size, one line per method.
+    PlotGather(plot::Args),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         Command::P2p(args) => p2p::run(&args),
         Command::Pack(args) => pack::run(&args),
         Command::PingpongDdt(args) => pingpong_ddt::run(&args),
+        Command::PlotGather(args) => plot::run(&args),
     };
     if let Err(e) = outcome {
         eprintln!("ferry-bench: {e}");

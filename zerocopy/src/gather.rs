@@ -417,9 +417,7 @@ fn check_sizes(
         )));
     }
     if out_pos.is_some_and(|p| p.len() < n) {
-        return Err(invalid(
-            "the output positions must cover the indices",
-        ));
+        return Err(invalid("the output positions must cover the indices"));
     }
     Ok(())
 }

@@ -3,10 +3,18 @@
 //!
 //! A table is either allocated by the driver ([`HostTable::alloc`], `cuMemHostAlloc`) or made
 //! of memory that already exists and is pinned in place ([`HostTable::register`] over a `Vec`,
-//! [`HostTable::map_file`] over a private `mmap` of a file, both `cuMemHostRegister`).
+//! [`HostTable::map_file`] over a private `mmap` of a file, [`HostTable::create_shared`] /
+//! [`HostTable::open_shared`] over a shared `mmap` that several processes map, all
+//! `cuMemHostRegister`). Tables the crate allocates are placed on the NUMA node nearest the GPU
+//! ([`HostTable::placement`] says where).
+//!
+//! Memory pinned with the PORTABLE flag is mapped for every GPU of the process at one address
+//! (unified addressing: the device pointer is the host pointer), so one table serves a
+//! gatherer per GPU ([`HostTable::view`] works on any of them). Ranks on one host share one
+//! table by mapping the same file (e.g. under `/dev/shm`) and registering it each.
 //!
 //! Not done yet: read-only registration of `PROT_READ` mappings (ferry-gpu lacks the flag, so
-//! files are mapped copy-on-write), NUMA placement, tables above one allocation.
+//! files are mapped copy-on-write or shared writable), tables above one allocation.
 
 use std::any::Any;
 use std::path::Path;
@@ -15,6 +23,7 @@ use ferry_gpu::{Gpu, HostRegistration, MappedHostBuffer, Plain};
 use rayon::prelude::*;
 
 use crate::error::{Result, ZeroCopyError, invalid};
+use crate::numa::{NumaPlacement, gpu_numa_node, prefer_node_for_range, with_preferred_node};
 
 /// Where a table's bytes live.
 enum Storage {
@@ -33,6 +42,7 @@ pub struct HostTable {
     storage: Storage,
     rows: usize,
     row_bytes: usize,
+    placement: NumaPlacement,
 }
 
 impl std::fmt::Debug for HostTable {
@@ -41,6 +51,7 @@ impl std::fmt::Debug for HostTable {
             .field("rows", &self.rows)
             .field("row_bytes", &self.row_bytes)
             .field("device_ptr", &format_args!("{:#x}", self.device_ptr()))
+            .field("placement", &self.placement)
             .field(
                 "storage",
                 &match self.storage {
@@ -69,7 +80,12 @@ impl HostTable {
     /// Allocates a zero-filled table of `rows x row_bytes` pinned, device-mapped bytes.
     pub fn alloc(gpu: &Gpu, rows: usize, row_bytes: usize) -> Result<Self> {
         let bytes = table_bytes(rows, row_bytes)?;
-        let buf = MappedHostBuffer::new(gpu, bytes).map_err(|source| ZeroCopyError::Pin {
+        // The driver allocates and ferry-gpu zero-fills on this thread: its policy places the
+        // pages.
+        let (buf, placement) = with_preferred_node(gpu_numa_node(gpu.ordinal()), || {
+            MappedHostBuffer::new(gpu, bytes)
+        });
+        let buf = buf.map_err(|source| ZeroCopyError::Pin {
             bytes,
             how: "cuMemHostAlloc",
             source,
@@ -78,6 +94,7 @@ impl HostTable {
             storage: Storage::Mapped(buf),
             rows,
             row_bytes,
+            placement,
         })
     }
 
@@ -121,6 +138,7 @@ impl HostTable {
             },
             rows,
             row_bytes,
+            placement: in_place(),
         })
     }
 
@@ -168,6 +186,8 @@ impl HostTable {
             options.huge(Some(21)).len(bytes.div_ceil(1 << 21) << 21);
         }
         let mut map = options.map_anon().map_err(|e| io("mapping", e))?;
+        let placement =
+            prefer_node_for_range(gpu_numa_node(gpu.ordinal()), map.as_mut_ptr(), map.len());
         #[cfg(target_os = "linux")]
         if pages == Pages::Transparent {
             map.advise(memmap2::Advice::HugePage)
@@ -192,6 +212,7 @@ impl HostTable {
             },
             rows,
             row_bytes,
+            placement,
         })
     }
 
@@ -221,6 +242,7 @@ impl HostTable {
                 ),
                 rows: 0,
                 row_bytes,
+                placement: in_place(),
             });
         }
         // SAFETY: a private mapping: other processes changing the file may still show through
@@ -244,7 +266,116 @@ impl HostTable {
             },
             rows,
             row_bytes,
+            placement: in_place(),
         })
+    }
+
+    /// Creates (or truncates) the file at `path` with room for `rows x row_bytes` zero bytes,
+    /// maps it shared and pins it as a table: the first step of one table shared by several
+    /// processes on a host. Use a file on a memory file system (`/dev/shm/...`); the pages are
+    /// placed on the NUMA node nearest `gpu`. Fill it, then let the other processes
+    /// [`open_shared`](Self::open_shared) it; the file stays until someone removes it.
+    pub fn create_shared(gpu: &Gpu, path: &Path, rows: usize, row_bytes: usize) -> Result<Self> {
+        let bytes = table_bytes(rows, row_bytes)?;
+        if bytes == 0 {
+            return Err(invalid("a shared table needs at least one row"));
+        }
+        let io = |what: &str, e: std::io::Error| ZeroCopyError::Io {
+            what: format!("{what} {}", path.display()),
+            message: e.to_string(),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| io("creating", e))?;
+        file.set_len(bytes as u64).map_err(|e| io("sizing", e))?;
+        Self::register_shared(gpu, &file, path, rows, row_bytes, true)
+    }
+
+    /// Maps the existing file at `path` shared (every process that maps it sees the same
+    /// pages) and pins the mapping in place as a table of `row_bytes`-byte rows; the file's
+    /// length must be a whole, non-zero number of rows. Writes through one process's table
+    /// are seen by all.
+    pub fn open_shared(gpu: &Gpu, path: &Path, row_bytes: usize) -> Result<Self> {
+        let io = |what: &str, e: std::io::Error| ZeroCopyError::Io {
+            what: format!("{what} {}", path.display()),
+            message: e.to_string(),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io("opening", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io("reading the size of", e))?
+            .len() as usize;
+        if row_bytes == 0 || len == 0 || len % row_bytes != 0 {
+            return Err(invalid(format!(
+                "{} holds {len} bytes, not a whole, non-zero number of {row_bytes}-byte rows",
+                path.display()
+            )));
+        }
+        Self::register_shared(gpu, &file, path, len / row_bytes, row_bytes, false)
+    }
+
+    fn register_shared(
+        gpu: &Gpu,
+        file: &std::fs::File,
+        path: &Path,
+        rows: usize,
+        row_bytes: usize,
+        place: bool,
+    ) -> Result<Self> {
+        let bytes = rows * row_bytes;
+        // SAFETY: a shared mapping: other processes may write the file while it is mapped,
+        // which the table documents as the caller's to order (as for any shared memory).
+        let mut map =
+            unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(file) }.map_err(|e| {
+                ZeroCopyError::Io {
+                    what: format!("mapping {} shared", path.display()),
+                    message: e.to_string(),
+                }
+            })?;
+        let placement = if place {
+            prefer_node_for_range(gpu_numa_node(gpu.ordinal()), map.as_mut_ptr(), bytes)
+        } else {
+            in_place()
+        };
+        let ptr = map.as_mut_ptr();
+        // SAFETY: `ptr..ptr+bytes` is the mapping, which lives in `_owner` (moving `MmapMut`
+        // does not move the pages) until after the registration is dropped (field order).
+        let reg = unsafe { HostRegistration::from_raw(gpu, ptr, bytes) }.map_err(|source| {
+            ZeroCopyError::Pin {
+                bytes,
+                how: "cuMemHostRegister",
+                source,
+            }
+        })?;
+        Ok(HostTable {
+            storage: Storage::Registered {
+                reg,
+                _owner: Box::new(map),
+            },
+            rows,
+            row_bytes,
+            placement,
+        })
+    }
+
+    /// Where the table's pages were asked to live: the NUMA node nearest the GPU for tables
+    /// this crate allocates, or why not.
+    pub fn placement(&self) -> &NumaPlacement {
+        &self.placement
+    }
+
+    /// The host address of the first byte. With unified addressing (every 64-bit CUDA
+    /// platform) it equals [`device_ptr`](Self::device_ptr), on every GPU of the process.
+    pub fn host_ptr(&self) -> *const u8 {
+        self.as_bytes().as_ptr()
     }
 
     /// Number of rows.
@@ -356,6 +487,11 @@ impl HostTable {
             row_bytes,
         })
     }
+}
+
+/// The placement of memory registered where it already was.
+fn in_place() -> NumaPlacement {
+    NumaPlacement::Unknown("registered in place: the pages stay where their owner put them".into())
 }
 
 /// The byte [`HostTable::fill_pattern`] writes at (`row`, `col`).

@@ -382,3 +382,82 @@ fn bucketed_gather_matches_reference() {
         other => panic!("expected an out-of-range error, got {other:?}"),
     }
 }
+
+#[test]
+fn one_table_serves_a_gatherer_per_gpu() {
+    let Some(gpu) = gpu_or_skip("one_table_serves_a_gatherer_per_gpu") else {
+        return;
+    };
+    let count = Gpu::device_count().unwrap();
+    let mut table = HostTable::alloc(&gpu, 20_000, 256).unwrap();
+    table.fill_pattern(31);
+    println!("{count} GPU(s); table placement {:?}", table.placement());
+    // Unified addressing: the one mapping has the host's address on every GPU.
+    assert_eq!(table.device_ptr(), table.host_ptr() as u64);
+    let view = table.view();
+    // One thread and one pipeline per GPU, all reading the same table at once.
+    std::thread::scope(|s| {
+        for ordinal in 0..count {
+            s.spawn(move || {
+                let g = Gpu::open(ordinal).unwrap();
+                let mut rng = Rng(1000 + ordinal as u64);
+                let batches: Vec<Vec<i64>> =
+                    (0..4).map(|_| indices(&mut rng, 3000, 20_000)).collect();
+                let mut p = GatherPipeline::new(&g, view, 3000, GatherOptions::default()).unwrap();
+                let mut seen = 0;
+                p.run(&batches, |b, out, rows| {
+                    assert!(
+                        out.clone_dtoh()?[..rows * 256] == reference(view, &batches[b])[..],
+                        "GPU {ordinal}, batch {b}"
+                    );
+                    seen += 1;
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(seen, 4, "GPU {ordinal}");
+            });
+        }
+    });
+    if count < 2 {
+        println!(
+            "skipped (in part): one_table_serves_a_gatherer_per_gpu: one GPU, so one gatherer"
+        );
+    }
+}
+
+#[test]
+fn shared_tables_are_one_memory() {
+    let Some(gpu) = gpu_or_skip("shared_tables_are_one_memory") else {
+        return;
+    };
+    let dir = std::path::Path::new("/dev/shm");
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(format!("ferry-zerocopy-shared-{}", std::process::id()));
+    let mut a = HostTable::create_shared(&gpu, &path, 3000, 128).unwrap();
+    a.fill_pattern(41);
+    // A second mapping of the same file, registered again, as another rank would.
+    let b = HostTable::open_shared(&gpu, &path, 128).unwrap();
+    assert_eq!((b.rows(), b.row_bytes()), (3000, 128));
+    assert_ne!(a.host_ptr(), b.host_ptr());
+    check::<i32>(&gpu, &b, 0, 128, GatherOptions::default(), 43);
+    a.row_mut(7).fill(0x77);
+    let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(128).unwrap();
+    g.gather(b.view(), &[7i64], &mut out).unwrap();
+    assert_eq!(out.clone_dtoh().unwrap(), vec![0x77; 128]);
+    drop((a, b));
+    // Bad input: a length that is not whole rows, and a missing file.
+    std::fs::write(&path, [0u8; 100]).unwrap();
+    let err = HostTable::open_shared(&gpu, &path, 64).unwrap_err();
+    assert!(
+        matches!(err, ZeroCopyError::InvalidArgument { .. }),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let err = HostTable::open_shared(&gpu, &path, 64).unwrap_err();
+    assert!(err.to_string().contains("opening"), "{err}");
+}
