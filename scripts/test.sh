@@ -44,7 +44,11 @@ run_mpi() { # name, ranks, command...
 }
 for np in 2 3 4; do
     run_mpi "MpiComm conformance" "$np" target/debug/ferry-comm-conformance
+    run_mpi "TcpComm conformance, 2 rails, MPI bootstrap" "$np" \
+        target/debug/ferry-comm-conformance --backend tcp --rails 127.0.0.1,127.0.0.2
+    run_mpi "collectives match sequential references" "$np" target/debug/ferry-collectives-check --thorough
 done
+run_mpi "collectives, hierarchical with 3 ranks per node" 4 target/debug/ferry-collectives-check --ranks-per-node 3
 run_mpi "ferry's pack/unpack equals MPI_Pack/MPI_Unpack on 20000 random types" 1 \
     target/debug/ferry-datatype-check --seeds 20000
 for np in 2 3; do
@@ -64,11 +68,18 @@ if mpicc -O2 -Wall -o target/c/ddt_exchange comm/interpose/tests/c/ddt_exchange.
     for np in 2 4; do
         run_mpi "ddt_exchange" "$np" target/c/ddt_exchange
         run_mpi "ddt_exchange under libferry_mpi.so" "$np" -x LD_PRELOAD="$lib" -x FERRY_LOG=info target/c/ddt_exchange
+        # FERRY_LIBRARY_BLOCK_BYTES=1MiB: ferry packs every type itself, large blocks too.
+        run_mpi "ddt_exchange under libferry_mpi.so, ferry packing every type" "$np" -x LD_PRELOAD="$lib" \
+            -x FERRY_LIBRARY_BLOCK_BYTES=1048576 target/c/ddt_exchange
         run_mpi "halo3d" "$np" target/c/halo3d 12 2 2 3
-        run_mpi "halo3d under libferry_mpi.so" "$np" -x LD_PRELOAD="$lib" target/c/halo3d 12 2 2 3
+        run_mpi "halo3d under libferry_mpi.so, ferry packing every type" "$np" -x LD_PRELOAD="$lib" \
+            -x FERRY_LIBRARY_BLOCK_BYTES=1048576 target/c/halo3d 12 2 2 3
     done
     timeout 600 target/debug/ferry-bench pingpong-ddt --iters 2 --reps 1 --mpirun-args "--bind-to none" 2>&1 | tail -n 16
     record "pingpong-ddt: a Rust program's derived types through the interposer arrive intact" "${PIPESTATUS[0]}"
+    timeout 600 target/debug/ferry-bench halo3d --program target/c/halo3d --n 10 --radius 2 --quantities 2 \
+        --iters 2 --ranks 2 --launches 1 2>&1 | tail -n 3
+    record "ferry-bench halo3d checks every ghost cell, plain and interposed" "${PIPESTATUS[0]}"
     # The interposer must really have packed (not silently passed everything through).
     FERRY_LOG=info timeout 120 "${MPIRUN[@]}" -np 2 -x LD_PRELOAD="$lib" -x FERRY_LOG target/c/ddt_exchange >"$log" 2>&1
     grep -Eq 'ferry interposer summary handled=[1-9]' "$log"
@@ -84,6 +95,14 @@ echo "test: FERRY_LOG=debug prints a span per operation"
 FERRY_LOG=debug timeout 120 "${MPIRUN[@]}" -np 2 target/debug/ring >"$log" 2>&1
 grep -q 'send{rank=0 peer=1 tag=0 bytes=8}' "$log" && grep -q 'recv{rank=1 peer=0 tag=0 bytes=8}' "$log"
 record "FERRY_LOG turns on per-operation tracing" $?
+
+FERRY_LOG=debug timeout 120 "${MPIRUN[@]}" -np 2 -x FERRY_LOG target/debug/ferry-collectives-check >"$log" 2>&1
+grep -q 'collective{rank=1 op="allreduce" bytes=' "$log"
+record "collectives open a tracing span per operation" $?
+
+echo "test: network test bed (namespaces, tbf rails, Open MPI ranks inside them)"
+timeout 300 bash scripts/testbed-check.sh 2>&1 | tail -n 20
+record "test bed: ranks run in their namespaces, rails shaped, bed removed" "${PIPESTATUS[0]}"
 
 rm -f "$log"
 echo

@@ -10,8 +10,11 @@ pub(crate) const FERRY_PACK_MIN_BYTES: &str = "FERRY_PACK_MIN_BYTES";
 
 /// `FERRY_LIBRARY_BLOCK_BYTES`: types whose mean contiguous block is at least this many bytes
 /// go through the library's own datatype path, which moves large blocks as fast as ferry does
-/// and overlaps packing with sending (measured with `ferry-bench pack`, `pingpong-ddt` and the
-/// halo3d exchange: ferry gains nothing from 128-byte blocks up and pays for staging). Default 128.
+/// and overlaps packing with sending through its shared-memory fragments, where ferry packs,
+/// sends and unpacks one after the other. Measured on an H100 node's Xeon with Open MPI 4.1.6
+/// (`ferry-bench pingpong-ddt`, bench/RESULTS.md): ferry is 1.0-3.0x Open MPI for mean blocks
+/// of 4-16 bytes, but 0.78x for NAS LU's 40-byte and LAMMPS's 48-byte blocks, whose pack and
+/// unpack it speeds up too little to pay for the extra copy. Default 32.
 pub(crate) const FERRY_LIBRARY_BLOCK_BYTES: &str = "FERRY_LIBRARY_BLOCK_BYTES";
 
 /// The interposer's settings.
@@ -43,7 +46,7 @@ impl Config {
         Config {
             enabled,
             pack_min_bytes: number(FERRY_PACK_MIN_BYTES, 0),
-            library_block_bytes: number(FERRY_LIBRARY_BLOCK_BYTES, 128),
+            library_block_bytes: number(FERRY_LIBRARY_BLOCK_BYTES, 32),
         }
     }
 }
