@@ -2,9 +2,10 @@
 //! before it reports, runs its baseline in the same process, prints a table of ratios and can
 //! write one JSON record per case (`--json PATH`).
 //!
-//! Not done yet: `allreduce`, `gnn`, `fabric-sim`, `calibrate`; the
+//! Not done yet: `gnn`, `fabric-sim`, `calibrate`; the
 //! issues that build those capabilities add their subcommands here.
 
+mod allreduce;
 mod gather;
 mod halo3d;
 mod launch;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// All-reduce (all-gather, reduce-scatter) over ferry's multi-rail TcpComm on the test bed.
+    Allreduce(allreduce::Args),
     /// Zero-copy GPU gather of feature rows from mapped host memory beside CPU gather + copy.
     Gather(gather::Args),
     /// 26-neighbour 3D halo exchange (examples/halo3d.c) through Open MPI and through ferry.
@@ -44,6 +47,7 @@ fn main() {
     ferry_comm::init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Allreduce(args) => allreduce::run(&args),
         Command::Gather(args) => gather::run(&args),
         Command::Halo3d(args) => halo3d::run(&args),
         Command::P2p(args) => p2p::run(&args),
