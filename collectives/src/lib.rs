@@ -19,7 +19,7 @@
 //! `ferry-collectives-check` runs under `mpirun`.
 //!
 //! Not done yet: anomaly detection and traffic planning (the C4 issue), the fabric simulator,
-//! hwloc as a topology source and rail bandwidth probing at start-up.
+//! hwloc as a topology source.
 
 mod algo;
 pub mod check;
@@ -28,6 +28,7 @@ mod error;
 mod halo;
 mod holmes;
 mod plan;
+mod probe;
 mod rail;
 mod reduce;
 mod topology;
@@ -40,6 +41,7 @@ pub use crate::holmes::{
     Crossings, GroupComms, Groups, ParallelDims, holmes_groups, megatron_groups,
 };
 pub use crate::plan::{Algorithm, Flat, Plan, Planner};
+pub use crate::probe::RailProbe;
 pub use crate::rail::RailBalancer;
 pub use crate::reduce::{Element, ReduceOp};
 pub use crate::topology::{Gpu, Nic, NicClass, NicRole, Node, Topology};

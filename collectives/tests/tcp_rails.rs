@@ -1,0 +1,102 @@
+//! Collectives over `TcpComm` with two rails on real loopback sockets (ranks as threads,
+//! rendezvous bootstrap): rail probing finds a rail capped by the fault layer and weights it
+//! down; the rail balancer, fed by the transport's own telemetry, moves the weights the same
+//! way during all-reduces; results stay exact.
+
+use std::time::Duration;
+
+use ferry_collectives::{Collectives, RailBalancer, ReduceOp};
+use ferry_comm::{Comm, Fault, TcpComm, TcpConfig};
+
+const TOKEN: &[u8] = b"collectives-rails-token-0123456789";
+
+fn job<R: Send>(n: usize, f: impl Fn(TcpComm) -> R + Sync) -> Vec<R> {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|r| {
+                let (addr, f) = (&addr, &f);
+                s.spawn(move || {
+                    let mut c =
+                        TcpConfig::new(TcpConfig::parse_rails("127.0.0.1,127.0.0.2").unwrap());
+                    c.token = Some(TOKEN.to_vec());
+                    c.timeout = Duration::from_secs(60);
+                    f(TcpComm::rendezvous(addr, r, n, c).expect("bootstrap"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Rail 1 capped at 8 MB/s on every link; rail 0 is loopback (hundreds of MB/s).
+fn cap_rail_1(c: &TcpComm) {
+    for peer in 0..c.size() {
+        if peer != c.rank() {
+            c.faults()
+                .inject(1, Some(peer), Fault::BandwidthCap(8e6))
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn probing_finds_the_capped_rail() {
+    let out = job(2, |c| {
+        cap_rail_1(&c);
+        let coll = Collectives::new(c);
+        let probe = coll.probe_rails(1 << 20, 2).unwrap();
+        (probe, coll.comm().rail_weights())
+    });
+    for (rank, (probe, weights)) in out.iter().enumerate() {
+        let r = &probe.bytes_per_second;
+        assert!(r[1] < 12e6, "rank {rank}: capped rail measured at {r:?}");
+        assert!(
+            r[0] > 3.0 * r[1],
+            "rank {rank}: open rail not faster: {r:?}"
+        );
+        assert!(
+            probe.weights[1] < 0.25,
+            "rank {rank}: weights {:?}",
+            probe.weights
+        );
+        assert_eq!(
+            &probe.weights, weights,
+            "rank {rank}: weights were set on the comm"
+        );
+        // Every rank settles on the same figures (the minimum over ranks).
+        assert_eq!(probe.bytes_per_second, out[0].0.bytes_per_second);
+    }
+}
+
+#[test]
+fn the_balancer_weights_down_a_capped_rail_during_allreduces() {
+    let out = job(2, |c| {
+        cap_rail_1(&c);
+        let balancer = RailBalancer::new(&[0.5, 0.5]).unwrap().every(1);
+        let coll = Collectives::new(c).with_rail_balancer(balancer);
+        let n = 1 << 18; // 1 MiB of i32
+        let mut last = Vec::new();
+        for op in 0..6 {
+            let mut v: Vec<i32> = (0..n as i32)
+                .map(|i| i ^ (op * 7 + coll.comm().rank() as i32))
+                .collect();
+            let expect: Vec<i32> = (0..n as i32)
+                .map(|i| (i ^ (op * 7)).wrapping_add(i ^ (op * 7 + 1)))
+                .collect();
+            coll.allreduce(&mut v, ReduceOp::Sum).unwrap();
+            assert!(v == expect, "op {op}: wrong sum");
+            last = coll.comm().rail_weights();
+        }
+        last
+    });
+    for (rank, w) in out.iter().enumerate() {
+        assert!(
+            w[1] < 0.2,
+            "rank {rank}: the capped rail still carries {w:?}"
+        );
+    }
+}
