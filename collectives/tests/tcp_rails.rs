@@ -78,13 +78,13 @@ fn the_balancer_weights_down_a_capped_rail_during_allreduces() {
         cap_rail_1(&c);
         let balancer = RailBalancer::new(&[0.5, 0.5]).unwrap().every(1);
         let coll = Collectives::new(c).with_rail_balancer(balancer);
-        let n = 1 << 18; // 1 MiB of i32
+        let n: i32 = 1 << 18; // 1 MiB of i32
         let mut last = Vec::new();
         for op in 0..6 {
-            let mut v: Vec<i32> = (0..n as i32)
+            let mut v: Vec<i32> = (0..n)
                 .map(|i| i ^ (op * 7 + coll.comm().rank() as i32))
                 .collect();
-            let expect: Vec<i32> = (0..n as i32)
+            let expect: Vec<i32> = (0..n)
                 .map(|i| (i ^ (op * 7)).wrapping_add(i ^ (op * 7 + 1)))
                 .collect();
             coll.allreduce(&mut v, ReduceOp::Sum).unwrap();
