@@ -5,9 +5,14 @@
 //!    one per rail share of a striped send or receive.
 //! 2. Turn each into a throughput, bytes / (duration − wait), skipping records under
 //!    `min_bytes` (latency, not bandwidth, dominates those).
-//! 3. Keep the last `window` throughputs per rail; a rail's estimate is their median, so one
-//!    slow or fast outlier moves nothing and a lasting change wins after `window / 2 + 1`
-//!    samples.
+//! 3. Keep the last `window` throughputs per rail and direction (records named `"recv"` are
+//!    the receiver's view, all others the sender's); a rail's estimate is the lower of the two
+//!    directions' medians, so one slow or fast outlier moves nothing and a lasting change wins
+//!    after `window / 2 + 1` samples. Each view alone overestimates in its own way: a send
+//!    "completes" when its bytes enter the socket buffer, so a rail whose shares fit in that
+//!    buffer looks infinitely fast to the sender (on the test bed this drove the weights of a
+//!    2 Gbit and a 200 Mbit rail to an even split); a receiver that falls behind reads
+//!    buffered bytes faster than the wire delivered them.
 //! 4. Weights are the estimates normalised to sum to 1; a rail with no samples yet keeps its
 //!    prior (from the topology's line rates), scaled to the measured rails; every live rail
 //!    keeps at least `min_share`, so a slowed rail is still measured and can win back traffic
@@ -26,7 +31,9 @@ use crate::error::{Result, invalid};
 #[derive(Clone, Debug)]
 pub struct RailBalancer {
     prior: Vec<f64>,
+    /// Per rail: the sender's samples, then the receiver's.
     samples: Vec<VecDeque<f64>>,
+    samples_in: Vec<VecDeque<f64>>,
     dropped: Vec<bool>,
     window: usize,
     every: u64,
@@ -45,6 +52,7 @@ impl RailBalancer {
             .map_err(|e| invalid(e.to_string()))?;
         Ok(RailBalancer {
             samples: vec![VecDeque::new(); prior.len()],
+            samples_in: vec![VecDeque::new(); prior.len()],
             dropped: vec![false; prior.len()],
             prior,
             window: 5,
@@ -111,6 +119,7 @@ impl RailBalancer {
         }
         self.dropped[i] = false;
         self.samples[i].clear();
+        self.samples_in[i].clear();
         Ok(())
     }
 
@@ -125,7 +134,11 @@ impl RailBalancer {
             if r.bytes < self.min_bytes || busy == 0 {
                 continue;
             }
-            let q = &mut self.samples[rail];
+            let q = if r.op == "recv" {
+                &mut self.samples_in[rail]
+            } else {
+                &mut self.samples[rail]
+            };
             if q.len() == self.window {
                 q.pop_front();
             }
@@ -133,22 +146,28 @@ impl RailBalancer {
         }
     }
 
-    /// The median throughput of each rail's window in bytes per second (`None` without samples).
+    /// Each rail's estimate in bytes per second: the lower of its sender-side and
+    /// receiver-side window medians (`None` without samples).
     pub fn throughput(&self) -> Vec<Option<f64>> {
+        let median = |q: &VecDeque<f64>| {
+            let mut v: Vec<f64> = q.iter().copied().collect();
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(f64::total_cmp);
+            let m = v.len() / 2;
+            Some(if v.len() % 2 == 1 {
+                v[m]
+            } else {
+                (v[m - 1] + v[m]) / 2.0
+            })
+        };
         self.samples
             .iter()
-            .map(|q| {
-                let mut v: Vec<f64> = q.iter().copied().collect();
-                if v.is_empty() {
-                    return None;
-                }
-                v.sort_by(f64::total_cmp);
-                let m = v.len() / 2;
-                Some(if v.len() % 2 == 1 {
-                    v[m]
-                } else {
-                    (v[m - 1] + v[m]) / 2.0
-                })
+            .zip(&self.samples_in)
+            .map(|(out, inn)| match (median(out), median(inn)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             })
             .collect()
     }
@@ -316,6 +335,29 @@ mod tests {
         assert!(b.weights()[1] > 0.0);
         assert!(RailBalancer::new(&[1.0, -1.0]).is_err());
         assert!(RailBalancer::new(&[]).is_err());
+    }
+
+    #[test]
+    fn the_slower_direction_wins() {
+        let t = Telemetry::new(64);
+        let mut b = RailBalancer::new(&[2.0, 0.2]).unwrap();
+        // The sender saw both shares vanish into socket buffers at once (the slow rail's
+        // looks as fast as the fast one's); the receiver saw them arrive at 2 and 0.2 Gbit/s.
+        for _ in 0..5 {
+            t.record(Record::new("send", 1 << 20, 0, 1_000).with_rail(0));
+            t.record(Record::new("send", 1 << 17, 0, 125).with_rail(1));
+            t.record(Record::new("recv", 1 << 20, 0, 4_194_304).with_rail(0));
+            t.record(Record::new("recv", 1 << 17, 0, 5_242_880).with_rail(1));
+        }
+        let w = b.update(&t);
+        assert!(close(&w, &[2.0 / 2.2, 0.2 / 2.2], 1e-9), "{w:?}");
+        // Only one direction measured: that one counts.
+        let t = Telemetry::new(64);
+        let mut b = RailBalancer::new(&[1.0, 1.0]).unwrap();
+        t.record(Record::new("recv", 1 << 20, 0, 1_000_000).with_rail(0));
+        t.record(Record::new("recv", 1 << 20, 0, 3_000_000).with_rail(1));
+        let w = b.update(&t);
+        assert!(close(&w, &[0.75, 0.25], 1e-9), "{w:?}");
     }
 
     #[test]
