@@ -520,6 +520,11 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         make_indices(d, 1, 1, args.zipf_exponent, 1)?;
     }
     let mut json: Vec<serde_json::Value> = Vec::new();
+    // Rewritten after every record, so a run stopped by a time limit keeps what it measured.
+    let save = |json: &[serde_json::Value]| match &args.json {
+        Some(path) => write_json_lines(path, json),
+        None => Ok(()),
+    };
     if args.pin_timing {
         let pin = pin_timing(&gpu, table_bytes)?;
         println!(
@@ -528,6 +533,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             pin.alloc_pinned_s, pin.alloc_touch_s, pin.register_s
         );
         json.push(serde_json::to_value(pin).map_err(es)?);
+        save(&json)?;
     }
     eprintln!(
         "gather: pinning and filling a {table_bytes}-byte table on {}",
@@ -703,6 +709,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
                 opt(record.vs_torch)
             );
             json.push(serde_json::to_value(record).map_err(es)?);
+            save(&json)?;
         }
     }
     println!(
@@ -736,10 +743,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
              gather capped at max_threads on another stream)"
         );
     }
-    if let Some(path) = &args.json {
-        write_json_lines(path, &json)?;
-    }
-    Ok(())
+    save(&json)
 }
 
 #[cfg(test)]
