@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-device-out}; mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-bin=.device/bin
+bin=${FERRY_DEVICE_BIN:-.device/bin}
 status=0
 {
     echo "== machine"; lscpu | grep -E 'Model name|^CPU\(s\)|Thread|NUMA node\(s\)'; mpirun --version | head -n 1
