@@ -49,6 +49,7 @@ for np in 2 3 4; do
     run_mpi "collectives match sequential references" "$np" target/debug/ferry-collectives-check --thorough
 done
 run_mpi "collectives, hierarchical with 3 ranks per node" 4 target/debug/ferry-collectives-check --ranks-per-node 3
+run_mpi "zero-copy table shared by two ranks (skips without a GPU)" 2 target/debug/examples/shared_table
 run_mpi "ferry's pack/unpack equals MPI_Pack/MPI_Unpack on 20000 random types" 1 \
     target/debug/ferry-datatype-check --seeds 20000
 for np in 2 3; do
