@@ -83,6 +83,14 @@ pub(crate) struct Args {
     /// topology's rates).
     #[arg(long, default_value_t = 1)]
     rebalance_every: u64,
+    /// The balancer ignores rail shares shorter than this (latency, not bandwidth, rules
+    /// them); it must stay under the slow rail's share of a chunk, or that rail is never
+    /// measured and merely follows the fast one's estimate scaled by the priors.
+    #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
+    balancer_min_bytes: usize,
+    /// Throughput samples the balancer keeps per rail and direction (median).
+    #[arg(long, default_value_t = 16)]
+    balancer_window: usize,
     /// Bytes per pipelined ring message (the planner's chunk).
     #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
     chunk_bytes: usize,
@@ -578,7 +586,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     if args.rebalance_every > 0 {
         let b = RailBalancer::new(&placed.prior)
             .map_err(|e| e.to_string())?
-            .every(args.rebalance_every);
+            .every(args.rebalance_every)
+            .min_bytes(args.balancer_min_bytes as u64)
+            .window(args.balancer_window);
         coll = coll.with_rail_balancer(b);
     }
     if rank == 0 {

@@ -13,6 +13,7 @@ mod p2p;
 mod pack;
 mod pingpong_ddt;
 mod plot;
+mod plot_allreduce;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     PingpongDdt(pingpong_ddt::Args),
     /// PNG of `gather --json` records: GB/s against row size, one line per method.
     PlotGather(plot::Args),
+    /// PNG of scripts/bench-allreduce.sh's merged records: busbw against size, per method.
+    PlotAllreduce(plot_allreduce::Args),
 }
 
 fn main() {
@@ -54,6 +57,7 @@ fn main() {
         Command::Pack(args) => pack::run(&args),
         Command::PingpongDdt(args) => pingpong_ddt::run(&args),
         Command::PlotGather(args) => plot::run(&args),
+        Command::PlotAllreduce(args) => plot_allreduce::run(&args),
     };
     if let Err(e) = outcome {
         eprintln!("ferry-bench: {e}");
