@@ -29,6 +29,7 @@ mod error;
 mod log;
 mod mpi;
 mod scope;
+mod split;
 mod tcp;
 pub mod telemetry;
 mod thread;

@@ -22,11 +22,10 @@ use crate::comm::{
     Comm, Source, Status, Tag, TagMatch, check_rank, check_source, check_tag, check_tag_match,
 };
 use crate::error::{Error, Result};
+use crate::split::{self, SplitTransport};
 
 /// Tags used on a communicator's internal (collective) context.
 const TAG_BARRIER: Tag = 1;
-const TAG_SPLIT_COLORS: Tag = 2;
-const TAG_SPLIT_CONTEXT: Tag = 3;
 
 /// What travels between rank threads.
 enum Packet {
@@ -464,59 +463,15 @@ impl Comm for ThreadComm {
 
     fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Self>> {
         let _span = tracing::debug_span!("split", rank = self.rank, ?color, key).entered();
-        let n = self.size();
-        let ictx = self.internal_ctx();
-        // 1. All-gather (color, key) by sending to every rank.
-        let mine = encode_color_key(color, key);
-        for dest in 0..n {
-            self.send_on(ictx, dest, TAG_SPLIT_COLORS, mine.to_vec())?;
-        }
-        let mut all = Vec::with_capacity(n);
-        for src in 0..n {
-            let mut b = [0u8; 12];
-            self.recv_on(
-                ictx,
-                Source::Rank(src),
-                TagMatch::Tag(TAG_SPLIT_COLORS),
-                &mut b,
-                "split",
-            )?;
-            all.push(decode_color_key(&b));
-        }
-        // 2. My group, ordered by (key, old rank).
-        let Some(color) = color else { return Ok(None) };
-        let mut members: Vec<usize> = (0..n).filter(|&r| all[r].0 == Some(color)).collect();
-        members.sort_by_key(|&r| (all[r].1, r));
-        // 3. The group's first member allocates a context pair and tells the others.
-        let leader = members[0];
-        let ctx = if self.rank == leader {
-            let ctx = self.world.next_ctx.fetch_add(2, Ordering::Relaxed);
-            for &m in &members[1..] {
-                self.send_on(ictx, m, TAG_SPLIT_CONTEXT, ctx.to_le_bytes().to_vec())?;
-            }
-            ctx
-        } else {
-            let mut b = [0u8; 8];
-            self.recv_on(
-                ictx,
-                Source::Rank(leader),
-                TagMatch::Tag(TAG_SPLIT_CONTEXT),
-                &mut b,
-                "split",
-            )?;
-            u64::from_le_bytes(b)
-        };
-        let group: Vec<usize> = members.iter().map(|&r| self.group[r]).collect();
-        let rank = members
-            .iter()
-            .position(|&r| r == self.rank)
-            .expect("member of own group");
-        Ok(Some(ThreadComm {
+        let joined = split::split(self, self.rank, self.size(), color, key, || {
+            self.world.next_ctx.fetch_add(2, Ordering::Relaxed)
+        })?;
+        Ok(joined.map(|j| ThreadComm {
             world: Arc::clone(&self.world),
             engine: Rc::clone(&self.engine),
-            ctx,
-            rank,
-            group: Arc::new(group),
+            ctx: j.ctx,
+            rank: j.rank,
+            group: Arc::new(j.members.iter().map(|&r| self.group[r]).collect()),
         }))
     }
 
@@ -612,16 +567,19 @@ impl Comm for ThreadComm {
     }
 }
 
-fn encode_color_key(color: Option<u32>, key: i32) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    let c: i64 = color.map_or(-1, i64::from);
-    b[..8].copy_from_slice(&c.to_le_bytes());
-    b[8..].copy_from_slice(&key.to_le_bytes());
-    b
-}
+impl SplitTransport for ThreadComm {
+    fn split_send(&self, dest: usize, tag: Tag, buf: &[u8]) -> Result<()> {
+        self.send_on(self.internal_ctx(), dest, tag, buf.to_vec())
+    }
 
-fn decode_color_key(b: &[u8; 12]) -> (Option<u32>, i32) {
-    let c = i64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-    let key = i32::from_le_bytes(b[8..].try_into().expect("4 bytes"));
-    (u32::try_from(c).ok(), key)
+    fn split_recv(&self, source: usize, tag: Tag, buf: &mut [u8]) -> Result<()> {
+        self.recv_on(
+            self.internal_ctx(),
+            Source::Rank(source),
+            TagMatch::Tag(tag),
+            buf,
+            "split",
+        )
+        .map(|_| ())
+    }
 }

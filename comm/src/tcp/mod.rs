@@ -55,12 +55,11 @@ use crate::comm::{
     check_tag_match,
 };
 use crate::error::{Error, Result};
+use crate::split::{self, SplitTransport};
 use crate::telemetry::Telemetry;
 
 /// Tags on a communicator's internal context.
 const TAG_BARRIER: Tag = 1;
-const TAG_SPLIT_COLORS: Tag = 2;
-const TAG_SPLIT_CONTEXT: Tag = 3;
 
 /// Tags the MPI bootstrap uses on the communicator it is given.
 const TAG_BOOT_TOKEN: Tag = 32001;
@@ -756,64 +755,16 @@ impl Comm for TcpComm {
 
     fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Self>> {
         let _span = tracing::debug_span!("split", rank = self.rank, ?color, key).entered();
-        let n = self.size();
-        let ictx = self.internal_ctx();
-        // 1. All-gather (colour, key).
-        let mut mine = [0u8; 12];
-        mine[..8].copy_from_slice(&color.map_or(-1i64, i64::from).to_le_bytes());
-        mine[8..].copy_from_slice(&key.to_le_bytes());
-        for dest in 0..n {
-            self.send_ctx(ictx, dest, TAG_SPLIT_COLORS, &mine)?;
-        }
-        let mut all = Vec::with_capacity(n);
-        for src in 0..n {
-            let mut b = [0u8; 12];
-            self.recv_on(
-                ictx,
-                Source::Rank(src),
-                TagMatch::Tag(TAG_SPLIT_COLORS),
-                &mut b,
-                "split",
-            )?;
-            let c = i64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-            let k = i32::from_le_bytes(b[8..].try_into().expect("4 bytes"));
-            all.push((u32::try_from(c).ok(), k));
-        }
-        // 2. My group, ordered by (key, old rank).
-        let Some(color) = color else { return Ok(None) };
-        let mut members: Vec<usize> = (0..n).filter(|&r| all[r].0 == Some(color)).collect();
-        members.sort_by_key(|&r| (all[r].1, r));
-        // 3. The first member allocates a context pair, unique across the job because its
-        // world rank is in the high bits, and tells the others.
-        let leader = members[0];
-        let ctx = if self.rank == leader {
+        // The leader's context is unique across the job: its world rank is in the high bits.
+        let joined = split::split(self, self.rank, self.size(), color, key, || {
             let k = self.inner.next_ctx.fetch_add(1, Ordering::Relaxed);
-            let ctx = ((self.group[self.rank] as u64 + 1) << 32) | (k << 1);
-            for &m in &members[1..] {
-                self.send_ctx(ictx, m, TAG_SPLIT_CONTEXT, &ctx.to_le_bytes())?;
-            }
-            ctx
-        } else {
-            let mut b = [0u8; 8];
-            self.recv_on(
-                ictx,
-                Source::Rank(leader),
-                TagMatch::Tag(TAG_SPLIT_CONTEXT),
-                &mut b,
-                "split",
-            )?;
-            u64::from_le_bytes(b)
-        };
-        let group: Vec<usize> = members.iter().map(|&r| self.group[r]).collect();
-        let rank = members
-            .iter()
-            .position(|&r| r == self.rank)
-            .expect("member of own group");
-        Ok(Some(TcpComm {
+            ((self.group[self.rank] as u64 + 1) << 32) | (k << 1)
+        })?;
+        Ok(joined.map(|j| TcpComm {
             inner: Arc::clone(&self.inner),
-            ctx,
-            rank,
-            group: Arc::new(group),
+            ctx: j.ctx,
+            rank: j.rank,
+            group: Arc::new(j.members.iter().map(|&r| self.group[r]).collect()),
         }))
     }
 
@@ -884,5 +835,22 @@ impl Comm for TcpComm {
                 .take()
                 .unwrap_or_else(|| Err(Error::InvalidArgument("request already completed".into()))),
         }
+    }
+}
+
+impl SplitTransport for TcpComm {
+    fn split_send(&self, dest: usize, tag: Tag, buf: &[u8]) -> Result<()> {
+        self.send_ctx(self.internal_ctx(), dest, tag, buf)
+    }
+
+    fn split_recv(&self, source: usize, tag: Tag, buf: &mut [u8]) -> Result<()> {
+        self.recv_on(
+            self.internal_ctx(),
+            Source::Rank(source),
+            TagMatch::Tag(tag),
+            buf,
+            "split",
+        )
+        .map(|_| ())
     }
 }
