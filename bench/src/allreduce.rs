@@ -155,6 +155,10 @@ impl Op {
     }
 }
 
+/// The bound of an operation of `bytes` with the bed's rates (its time in us and the rates),
+/// from the given description or the one read at start.
+type BoundFn<'a> = dyn Fn(usize, Option<&Topology>) -> Option<(f64, BoundRates)> + 'a;
+
 /// The rates a bound was computed from.
 #[derive(serde::Serialize, Clone, Debug)]
 struct BoundRates {
@@ -797,7 +801,7 @@ fn stream<C: Comm>(
     placed: &Placement,
     n: usize,
     base: &dyn Fn(usize, String, f64) -> Record,
-    bound: &dyn Fn(usize, Option<&Topology>) -> Option<(f64, BoundRates)>,
+    bound: &BoundFn<'_>,
 ) -> Result<Vec<Record>, String> {
     let (rank, p) = (coll.comm().rank(), coll.comm().size());
     let mut case = Case::new(op, args.size, rank, p)
