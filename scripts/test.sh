@@ -104,6 +104,8 @@ record "collectives open a tracing span per operation" $?
 echo "test: network test bed (namespaces, tbf rails, Open MPI ranks inside them)"
 timeout 300 bash scripts/testbed-check.sh 2>&1 | tail -n 20
 record "test bed: ranks run in their namespaces, rails shaped, bed removed" "${PIPESTATUS[0]}"
+PROFILE=dev timeout 300 bash scripts/testbed-allreduce-check.sh 2>&1 | tail -n 20
+record "ferry-bench allreduce over TcpComm on the test bed, results checked" "${PIPESTATUS[0]}"
 
 rm -f "$log"
 echo
