@@ -209,10 +209,13 @@ fn a_bandwidth_cap_slows_its_rail_and_only_its_rail() {
 
 #[test]
 fn delay_and_stall_hold_messages_back() {
+    // Small sends complete to their sender once queued (eager), so the hold-up is measured
+    // where it shows: at the receiver, from a barrier both ranks leave together.
     let out = job(
         2,
         |_| config(Duration::from_secs(20)),
         |c| {
+            c.barrier().unwrap();
             if c.rank() == 0 {
                 c.faults()
                     .inject(0, None, Fault::Delay(Duration::from_millis(200)))
@@ -220,9 +223,9 @@ fn delay_and_stall_hold_messages_back() {
                 c.faults()
                     .inject(1, None, Fault::Delay(Duration::from_millis(200)))
                     .unwrap();
-                let t = Instant::now();
                 c.send(1, 1, b"late").unwrap();
-                let delayed = t.elapsed();
+                // Clear the delay once the receiver has the message, then stall both rails.
+                c.recv(Source::Rank(1), TagMatch::Tag(3), &mut []).unwrap();
                 c.faults().clear_all();
                 c.faults()
                     .inject(0, Some(1), Fault::Stall(Duration::from_millis(300)))
@@ -230,26 +233,32 @@ fn delay_and_stall_hold_messages_back() {
                 c.faults()
                     .inject(1, Some(1), Fault::Stall(Duration::from_millis(300)))
                     .unwrap();
-                let t = Instant::now();
                 c.send(1, 2, b"stalled").unwrap();
-                vec![delayed, t.elapsed()]
+                c.recv(Source::Rank(1), TagMatch::Tag(4), &mut []).unwrap();
+                Vec::new()
             } else {
                 let mut b = [0u8; 16];
+                let t = Instant::now();
                 c.recv(Source::Rank(0), TagMatch::Tag(1), &mut b).unwrap();
+                let delayed = t.elapsed();
+                let t = Instant::now();
+                c.send(0, 3, &[]).unwrap();
                 c.recv(Source::Rank(0), TagMatch::Tag(2), &mut b).unwrap();
-                Vec::new()
+                let stalled = t.elapsed();
+                c.send(0, 4, &[]).unwrap();
+                vec![delayed, stalled]
             }
         },
     );
     assert!(
-        out[0][0] >= Duration::from_millis(150),
+        out[1][0] >= Duration::from_millis(150),
         "delay: {:?}",
-        out[0][0]
+        out[1][0]
     );
     assert!(
-        out[0][1] >= Duration::from_millis(200),
+        out[1][1] >= Duration::from_millis(200),
         "stall: {:?}",
-        out[0][1]
+        out[1][1]
     );
 }
 

@@ -3,6 +3,11 @@
 //! With `--cap-mbs X` every rail is capped at X MB/s by the fault layer, which stands in for
 //! NICs of known speed; two equal rails should then carry about twice one. Checks the bytes
 //! of every message before it reports, prints a table with the ratio, and one JSON line.
+//!
+//! `ferry-tcp-bench --latency [--iters 20000]` is a small-message ping-pong (8 B to 16 KiB)
+//! over one rail, beside the same ping-pong over a plain blocking `std::net::TcpStream` pair
+//! in the same process (the kernel's own loopback latency), reporting one-way microseconds and
+//! the ratio: what TcpComm's matching, framing and threads add to a message.
 
 use std::time::{Duration, Instant};
 
@@ -12,18 +17,29 @@ fn main() {
     let mut mib = 64usize;
     let mut iters = 8usize;
     let mut cap = 0.0f64;
+    let mut latency = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--latency" {
+            latency = true;
+            iters = iters.max(20_000);
+            continue;
+        }
         let v = it.next().unwrap_or_default();
         match flag.as_str() {
             "--mib" => mib = v.parse().expect("--mib N"),
             "--iters" => iters = v.parse().expect("--iters N"),
             "--cap-mbs" => cap = v.parse().expect("--cap-mbs X"),
             _ => {
-                eprintln!("usage: ferry-tcp-bench [--mib N] [--iters N] [--cap-mbs X]");
+                eprintln!(
+                    "usage: ferry-tcp-bench [--mib N] [--iters N] [--cap-mbs X] | --latency [--iters N]"
+                );
                 std::process::exit(2);
             }
         }
+    }
+    if latency {
+        return latencies(iters);
     }
     let one = run("127.0.0.1", mib << 20, iters, cap);
     let two = run("127.0.0.1,127.0.0.2", mib << 20, iters, cap);
@@ -87,4 +103,102 @@ fn run(rails: &str, len: usize, iters: usize, cap: f64) -> f64 {
     });
     let t = times[0].expect("rank 0 timed").as_secs_f64();
     (len * iters) as f64 / t / 1e9
+}
+
+/// One-way latency of `TcpComm` and of a plain TCP socket pair, per message size.
+fn latencies(iters: usize) {
+    println!("ping-pong over loopback, one rail, {iters} round trips; one-way microseconds");
+    println!(
+        "{:>8} {:>12} {:>12} {:>8}",
+        "bytes", "TcpComm", "raw TCP", "ratio"
+    );
+    for len in [8usize, 1024, 16 << 10] {
+        let ferry = tcp_comm_pingpong(len, iters);
+        let raw = raw_pingpong(len, iters);
+        println!("{len:>8} {ferry:>12.2} {raw:>12.2} {:>8.2}", ferry / raw);
+        println!(
+            "{{\"bench\":\"tcp-latency\",\"bytes\":{len},\"iters\":{iters},\"tcpcomm_us\":{ferry:.3},\"raw_tcp_us\":{raw:.3},\"ratio\":{:.3}}}",
+            ferry / raw
+        );
+    }
+}
+
+/// One-way microseconds of a `len`-byte ping-pong between two TcpComm ranks (threads).
+fn tcp_comm_pingpong(len: usize, iters: usize) -> f64 {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let times: Vec<Option<Duration>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                let addr = &addr;
+                s.spawn(move || {
+                    let mut cfg =
+                        TcpConfig::new(TcpConfig::parse_rails("127.0.0.1").expect("rails"));
+                    cfg.token = Some(b"ferry-tcp-bench-token-0123456789".to_vec());
+                    let c = TcpComm::rendezvous(addr, r, 2, cfg).expect("bootstrap");
+                    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ r as u8).collect();
+                    let mut buf = vec![0u8; len];
+                    let warm = iters / 10;
+                    let mut start = Instant::now();
+                    for i in 0..warm + iters {
+                        if i == warm {
+                            start = Instant::now();
+                        }
+                        if r == 0 {
+                            c.send(1, 0, &data).expect("send");
+                            c.recv(Source::Rank(1), TagMatch::Tag(0), &mut buf)
+                                .expect("recv");
+                        } else {
+                            c.recv(Source::Rank(0), TagMatch::Tag(0), &mut buf)
+                                .expect("recv");
+                            c.send(0, 0, &data).expect("send");
+                        }
+                    }
+                    let expect: Vec<u8> =
+                        (0..len).map(|i| (i % 251) as u8 ^ (1 - r) as u8).collect();
+                    assert!(buf == expect, "payload differs");
+                    (r == 0).then(|| start.elapsed())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("rank")).collect()
+    });
+    times[0].expect("rank 0 timed").as_secs_f64() * 1e6 / (2 * iters) as f64
+}
+
+/// The same ping-pong over a plain blocking socket pair (no framing, no matching).
+fn raw_pingpong(len: usize, iters: usize) -> f64 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::scope(|s| {
+        let echo = s.spawn(move || {
+            let (mut sock, _) = listener.accept().expect("accept");
+            sock.set_nodelay(true).expect("nodelay");
+            let mut buf = vec![0u8; len];
+            for _ in 0..iters + iters / 10 {
+                sock.read_exact(&mut buf).expect("read");
+                sock.write_all(&buf).expect("write");
+            }
+        });
+        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+        sock.set_nodelay(true).expect("nodelay");
+        let data = vec![7u8; len];
+        let mut buf = vec![0u8; len];
+        let warm = iters / 10;
+        let mut start = Instant::now();
+        for i in 0..warm + iters {
+            if i == warm {
+                start = Instant::now();
+            }
+            sock.write_all(&data).expect("write");
+            sock.read_exact(&mut buf).expect("read");
+        }
+        let t = start.elapsed();
+        echo.join().expect("echo");
+        assert!(buf == data, "payload differs");
+        t.as_secs_f64() * 1e6 / (2 * iters) as f64
+    })
 }

@@ -1,6 +1,7 @@
 //! One rail connection to one peer: the writer task that sends message shares (through the
 //! fault layer) and the reader task that feeds frames to the matching engine.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -20,6 +21,9 @@ use crate::telemetry::Record;
 pub(crate) struct SendTicket {
     state: Mutex<(usize, Option<Error>)>,
     cv: Condvar,
+    /// For an eager send (completed to its caller before it was written): the peer's count of
+    /// bytes in flight, and this send's bytes, given back once every share is finished.
+    credit: Option<(Arc<AtomicUsize>, usize)>,
 }
 
 impl SendTicket {
@@ -27,6 +31,16 @@ impl SendTicket {
         Arc::new(SendTicket {
             state: Mutex::new((shares, None)),
             cv: Condvar::new(),
+            credit: None,
+        })
+    }
+
+    /// A ticket for an eager send of `bytes`, counted in `in_flight` until it is written.
+    pub(crate) fn eager(shares: usize, in_flight: Arc<AtomicUsize>, bytes: usize) -> Arc<Self> {
+        Arc::new(SendTicket {
+            state: Mutex::new((shares, None)),
+            cv: Condvar::new(),
+            credit: Some((in_flight, bytes)),
         })
     }
 
@@ -37,9 +51,15 @@ impl SendTicket {
 
     fn finish(&self, result: Result<()>) {
         let mut s = self.lock();
+        let was = s.0;
         s.0 = s.0.saturating_sub(1);
         if let Err(e) = result {
             s.1.get_or_insert(e);
+        }
+        if was == 1
+            && let Some((in_flight, bytes)) = &self.credit
+        {
+            in_flight.fetch_sub(*bytes, Ordering::Release);
         }
         self.cv.notify_all();
     }

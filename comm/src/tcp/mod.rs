@@ -36,7 +36,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,12 @@ use crate::telemetry::Telemetry;
 
 /// Tags on a communicator's internal context.
 const TAG_BARRIER: Tag = 1;
+
+/// How long a blocking receive polls for its message before it sleeps.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
+/// Most bytes of eager (queued, not yet written) sends towards one peer.
+const EAGER_IN_FLIGHT_BYTES: usize = 4 << 20;
 
 /// Tags the MPI bootstrap uses on the communicator it is given.
 const TAG_BOOT_TOKEN: Tag = 32001;
@@ -151,6 +157,8 @@ struct Inner {
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Next message number towards each world rank.
     next_seq: Vec<AtomicU64>,
+    /// Bytes of eager sends towards each world rank that are not written yet.
+    eager_in_flight: Vec<Arc<AtomicUsize>>,
     weights: RwLock<Vec<f64>>,
     /// Counter for context ids this rank allocates as a split leader.
     next_ctx: AtomicU64,
@@ -397,6 +405,7 @@ impl TcpComm {
                 tasks: Mutex::new(tasks),
                 readers: Mutex::new(readers),
                 next_seq: (0..size).map(|_| AtomicU64::new(0)).collect(),
+                eager_in_flight: (0..size).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
                 weights: RwLock::new(weights),
                 next_ctx: AtomicU64::new(1),
                 refused,
@@ -534,7 +543,20 @@ impl TcpComm {
         }
         let shares = self.plan_shares(buf.len(), rail);
         let data = Bytes::copy_from_slice(buf);
-        let ticket = SendTicket::new(shares.len());
+        // A message sent whole (not striped) is complete for its sender once its bytes are
+        // copied and queued, as MPI lets a standard-mode send complete once the buffer may be
+        // reused; the caller does not wait for the writer thread. The bytes queued that way
+        // per peer are bounded; beyond the bound, sends wait for their writes again.
+        let in_flight = &self.inner.eager_in_flight[world_dest];
+        let eager = shares.len() == 1
+            && buf.len() < core.config.stripe_min_bytes
+            && in_flight.load(Ordering::Acquire) + buf.len() <= EAGER_IN_FLIGHT_BYTES;
+        let ticket = if eager {
+            in_flight.fetch_add(buf.len(), Ordering::AcqRel);
+            SendTicket::eager(1, Arc::clone(in_flight), buf.len())
+        } else {
+            SendTicket::new(shares.len())
+        };
         let start_ns = core.telemetry.now_ns();
         let seq = self.inner.next_seq[world_dest].fetch_add(1, Ordering::Relaxed);
         for (r, off, n) in shares {
@@ -563,6 +585,9 @@ impl TcpComm {
                 None => drop(share),
             }
         }
+        if eager {
+            return Ok(TcpRequest(RequestKind::Done(Some(Ok(status)))));
+        }
         Ok(TcpRequest(RequestKind::Send { ticket, status }))
     }
 
@@ -583,6 +608,19 @@ impl TcpComm {
     /// Waits for posted receive `id` until the timeout; withdraws it on expiry.
     fn wait_recv(&self, id: u64, what: &'static str) -> Result<Status> {
         let core = self.core();
+        // Poll briefly before sleeping: a reply to a small message usually arrives within
+        // tens of microseconds, and waking a thread parked on the condition variable costs
+        // about as much again. Yielding between polls lets the I/O threads run on a busy core.
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        loop {
+            if let Some(r) = core.engine().take_completed(id) {
+                return r;
+            }
+            if Instant::now() >= spin_until {
+                break;
+            }
+            std::thread::yield_now();
+        }
         let deadline = Instant::now() + core.config.timeout;
         let mut engine = core.engine();
         loop {
