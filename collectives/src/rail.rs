@@ -3,8 +3,10 @@
 //!
 //! 1. Read the telemetry records newer than the last read that name a rail (`rail: Some(i)`):
 //!    one per rail share of a striped send or receive.
-//! 2. Turn each into a throughput, bytes / (duration − wait), skipping records under
-//!    `min_bytes` (latency, not bandwidth, dominates those).
+//! 2. Per rail and direction, turn the batch into one throughput: its bytes over the time the
+//!    rail was busy with them (the union of the records' intervals, so shares queued behind
+//!    each other are not counted as slow), skipping records under `min_bytes` (latency, not
+//!    bandwidth, dominates those).
 //! 3. Keep the last `window` throughputs per rail and direction (records named `"recv"` are
 //!    the receiver's view, all others the sender's); a rail's estimate is the lower of the two
 //!    directions' medians, so one slow or fast outlier moves nothing and a lasting change wins
@@ -123,26 +125,47 @@ impl RailBalancer {
         Ok(())
     }
 
-    /// Adds records (those naming a rail of this balancer and long enough) to the windows.
+    /// Adds records (those naming a rail of this balancer and long enough) to the windows:
+    /// one sample per rail and direction per call, the bytes of that rail's records over the
+    /// time the rail was busy with them (the union of their intervals). Shares queued behind
+    /// others on the same connection overlap in time, so dividing each share's bytes by its
+    /// own duration would count the queueing as slowness, more on the rail with the deeper
+    /// queue, and make the weights swing; the union measures what the rail delivered while it
+    /// had work.
     pub fn ingest(&mut self, records: &[Record]) {
+        // (bytes, intervals) per rail, for the sender's records and the receiver's.
+        type Batch = Vec<(u64, Vec<(u64, u64)>)>;
+        let mut out: Batch = vec![(0, Vec::new()); self.rails()];
+        let mut inn: Batch = vec![(0, Vec::new()); self.rails()];
         for r in records {
             self.next_seq = self.next_seq.max(r.seq + 1);
             let Some(rail) = r.rail.map(usize::from).filter(|&i| i < self.rails()) else {
                 continue;
             };
-            let busy = r.duration_ns().saturating_sub(r.wait_ns);
-            if r.bytes < self.min_bytes || busy == 0 {
+            let end = r.end_ns.saturating_sub(r.wait_ns);
+            if r.bytes < self.min_bytes || end <= r.start_ns {
                 continue;
             }
-            let q = if r.op == "recv" {
-                &mut self.samples_in[rail]
+            let b = if r.op == "recv" {
+                &mut inn[rail]
             } else {
-                &mut self.samples[rail]
+                &mut out[rail]
             };
-            if q.len() == self.window {
-                q.pop_front();
+            b.0 += r.bytes;
+            b.1.push((r.start_ns, end));
+        }
+        for (batch, samples) in [(out, &mut self.samples), (inn, &mut self.samples_in)] {
+            for (rail, (bytes, mut spans)) in batch.into_iter().enumerate() {
+                let busy = union_ns(&mut spans);
+                if bytes == 0 || busy == 0 {
+                    continue;
+                }
+                let q = &mut samples[rail];
+                if q.len() == self.window {
+                    q.pop_front();
+                }
+                q.push_back(bytes as f64 * 1e9 / busy as f64);
             }
-            q.push_back(r.bytes as f64 * 1e9 / busy as f64);
         }
     }
 
@@ -237,6 +260,24 @@ impl RailBalancer {
     }
 }
 
+/// Total length of the union of the intervals `[start, end)` (sorted in place).
+fn union_ns(spans: &mut [(u64, u64)]) -> u64 {
+    spans.sort_unstable();
+    let mut total = 0;
+    let mut current: Option<(u64, u64)> = None;
+    for &(a, b) in spans.iter() {
+        match current {
+            Some((s, e)) if a <= e => current = Some((s, e.max(b))),
+            Some((s, e)) => {
+                total += e - s;
+                current = Some((a, b));
+            }
+            None => current = Some((a, b)),
+        }
+    }
+    total + current.map_or(0, |(s, e)| e - s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +319,28 @@ mod tests {
 
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
         a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    #[test]
+    fn busy_time_is_the_union_of_intervals() {
+        assert_eq!(union_ns(&mut []), 0);
+        assert_eq!(union_ns(&mut [(5, 10)]), 5);
+        assert_eq!(union_ns(&mut [(20, 30), (0, 10), (5, 12)]), 22);
+        assert_eq!(union_ns(&mut [(0, 10), (2, 3), (10, 15)]), 15);
+    }
+
+    #[test]
+    fn queued_shares_are_not_counted_as_slow() {
+        // Four 1 MB shares queued at once on a 1 GB/s rail finish at 1, 2, 3, 4 ms: each
+        // share's own duration says 0.25-1 GB/s, the rail delivered 1 GB/s.
+        let t = Telemetry::new(64);
+        let mut b = RailBalancer::new(&[1.0]).unwrap();
+        for k in 1..=4u64 {
+            t.record(Record::new("send", 1_000_000, 0, k * 1_000_000).with_rail(0));
+        }
+        b.update(&t);
+        let est = b.throughput()[0].unwrap();
+        assert!((est - 1e9).abs() < 1e3, "{est}");
     }
 
     #[test]
