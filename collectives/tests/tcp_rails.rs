@@ -63,9 +63,15 @@ fn probing_finds_the_capped_rail() {
             "rank {rank}: weights {:?}",
             probe.weights
         );
-        assert_eq!(
-            &probe.weights, weights,
-            "rank {rank}: weights were set on the comm"
+        // The comm normalises what it is given again, so compare to rounding.
+        assert!(
+            probe
+                .weights
+                .iter()
+                .zip(weights)
+                .all(|(a, b)| (a - b).abs() < 1e-12),
+            "rank {rank}: weights were not set on the comm: {:?} vs {weights:?}",
+            probe.weights
         );
         // Every rank settles on the same figures (the minimum over ranks).
         assert_eq!(probe.bytes_per_second, out[0].0.bytes_per_second);
