@@ -24,7 +24,7 @@ if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then
 fi
 
 echo "test: cargo test --workspace --no-fail-fast"
-cargo test --workspace --no-fail-fast 2>cargo test --workspace 2>&1 | tee "$log"1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 cargo_passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 cargo_failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
