@@ -24,7 +24,7 @@ use ferry_zerocopy::{
     CpuGather, GatherOptions, GatherPipeline, Gatherer, HostTable, TableView, stream_copy,
 };
 
-use crate::report::write_json_lines;
+use crate::report::{median, write_json_lines};
 
 /// Options of `ferry-bench gather`.
 #[derive(clap::Args, Debug)]
@@ -207,11 +207,6 @@ fn make_indices(dist: &str, n: usize, rows: usize, s: f64, seed: u64) -> Result<
         }
         other => Err(format!("unknown --dist '{other}' (uniform or powerlaw)")),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn gbs(bytes: usize, ms: f64) -> f64 {

@@ -6,6 +6,7 @@
 //! issues that build those capabilities add their subcommands here.
 
 mod allreduce;
+mod chart;
 mod gather;
 mod halo3d;
 mod launch;

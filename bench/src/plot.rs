@@ -1,11 +1,13 @@
 //! `ferry-bench plot-gather`: draws a PNG of gather throughput (GB/s) against row size, one line
 //! per method, from the JSON lines `ferry-bench gather --json` writes (with the PyTorch columns
-//! when the run had `--torch-json`). Uses plotters' bitmap backend; text needs a TrueType font
-//! file, read at run time (`--font`, default DejaVu Sans as Debian installs it).
+//! when the run had `--torch-json`), through the shared recipe in `chart.rs`; text needs a
+//! TrueType font file, read at run time (`--font`, default DejaVu Sans as Debian installs it).
 
 use std::path::PathBuf;
 
-use plotters::prelude::*;
+use plotters::prelude::SeriesLabelPosition;
+
+use crate::chart;
 
 /// Options of `ferry-bench plot-gather`.
 #[derive(clap::Args, Debug)]
@@ -82,15 +84,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
     let (lines, first) =
         lines(&text, &args.dist).map_err(|e| format!("{}: {e}", args.input.display()))?;
-    let font = std::fs::read(&args.font).map_err(|e| {
-        format!(
-            "cannot read the font {} (--font names another): {e}",
-            args.font.display()
-        )
-    })?;
-    // plotters keeps registered fonts for the whole process.
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Vec::leak(font))
-        .map_err(|_| format!("{} is not a font plotters can read", args.font.display()))?;
+    chart::register_font(&args.font)?;
     let title = args.title.clone().unwrap_or_else(|| {
         let first = first.unwrap_or_default();
         format!(
@@ -101,53 +95,23 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             first["machine"]["gpu"].as_str().unwrap_or("unknown GPU")
         )
     });
-    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-    let (xmin, xmax) = xs.fold((f64::MAX, 0f64), |(a, b), x| (a.min(x), b.max(x)));
-    let ymax = lines
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.1))
-        .fold(0f64, f64::max);
-    let draw_err = |e: DrawingAreaErrorKind<_>| format!("drawing {}: {e}", args.output.display());
-    let root = BitMapBackend::new(&args.output, (1100, 700)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d((xmin / 1.2..xmax * 1.2).log_scale(), 0f64..ymax * 1.1)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("row bytes")
-        .y_desc("GB/s of gathered rows")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(draw_err)?;
-    for (i, (name, points)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let style = ShapeStyle::from(color).stroke_width(if i == 0 { 3 } else { 2 });
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), style))
-            .map_err(draw_err)?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(draw_err)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(draw_err)?;
-    root.present().map_err(draw_err)?;
-    println!("wrote {}", args.output.display());
-    Ok(())
+    let series: Vec<chart::Series> = lines
+        .into_iter()
+        .map(|(name, points)| (name.to_string(), points))
+        .collect();
+    chart::draw(
+        &args.output,
+        chart::Chart {
+            title,
+            x_desc: "row bytes",
+            y_desc: "GB/s of gathered rows",
+            x_label: |x| format!("{x:.0}"),
+            series: &series,
+            hline: None,
+            emphasise: |name| name.starts_with("ferry (GPU"),
+            legend_at: SeriesLabelPosition::LowerRight,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -89,6 +89,15 @@ pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{s}' overflows"))
 }
 
+/// The median of `v` (the upper one for an even count); `NaN` for an empty `v`.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_bytes, today};
@@ -121,13 +130,4 @@ mod tests {
         assert!(parse_bytes("12parsecs").is_err());
         assert!(parse_bytes("").is_err());
     }
-}
-
-/// The median of `v` (the upper one for an even count); `NaN` for an empty `v`.
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
