@@ -588,7 +588,10 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     };
     let mut coll = Collectives::new(tcp).with_planner(planner);
     if args.rebalance_every > 0 {
+        // The `links` connections of one NIC share its link: one group per NIC.
+        let groups: Vec<usize> = (0..placed.prior.len()).map(|i| i / k).collect();
         let b = RailBalancer::new(&placed.prior)
+            .and_then(|b| b.with_groups(&groups))
             .map_err(|e| e.to_string())?
             .every(args.rebalance_every)
             .min_bytes(args.balancer_min_bytes as u64)

@@ -36,6 +36,9 @@ pub struct RailBalancer {
     /// Per rail: the sender's samples, then the receiver's.
     samples: Vec<VecDeque<f64>>,
     samples_in: Vec<VecDeque<f64>>,
+    /// The group (NIC) of each rail: rails of one group share a link, so they are measured
+    /// together and split the group's estimate by their priors.
+    group: Vec<usize>,
     dropped: Vec<bool>,
     window: usize,
     every: u64,
@@ -56,6 +59,7 @@ impl RailBalancer {
             samples: vec![VecDeque::new(); prior.len()],
             samples_in: vec![VecDeque::new(); prior.len()],
             dropped: vec![false; prior.len()],
+            group: (0..prior.len()).collect(),
             prior,
             window: 5,
             every: 4,
@@ -65,6 +69,24 @@ impl RailBalancer {
             ops: 0,
             updates: 0,
         })
+    }
+
+    /// Declares which rails share a link: `group[i]` names rail `i`'s NIC (several TCP
+    /// connections per NIC, as `btl_tcp_links` opens, are several rails of one group). The
+    /// rates of rails that share a link depend on each other's weights, so measuring them one
+    /// by one makes the weights wander; grouped, the bytes and busy time of a NIC's rails are
+    /// pooled into one estimate, split among its rails by their priors. Default: every rail its
+    /// own group.
+    pub fn with_groups(mut self, group: &[usize]) -> Result<Self> {
+        if group.len() != self.rails() {
+            return Err(invalid(format!(
+                "{} rail groups for {} rails",
+                group.len(),
+                self.rails()
+            )));
+        }
+        self.group = group.to_vec();
+        Ok(self)
     }
 
     /// Re-weight every `k` operations (default 4).
@@ -134,9 +156,11 @@ impl RailBalancer {
     /// had work.
     pub fn ingest(&mut self, records: &[Record]) {
         // (bytes, intervals) per rail, for the sender's records and the receiver's.
+        // Indexed by group; every rail of a group gets the group's sample.
         type Batch = Vec<(u64, Vec<(u64, u64)>)>;
-        let mut out: Batch = vec![(0, Vec::new()); self.rails()];
-        let mut inn: Batch = vec![(0, Vec::new()); self.rails()];
+        let groups = self.group.iter().max().map_or(0, |g| g + 1);
+        let mut out: Batch = vec![(0, Vec::new()); groups];
+        let mut inn: Batch = vec![(0, Vec::new()); groups];
         for r in records {
             self.next_seq = self.next_seq.max(r.seq + 1);
             let Some(rail) = r.rail.map(usize::from).filter(|&i| i < self.rails()) else {
@@ -146,25 +170,31 @@ impl RailBalancer {
             if r.bytes < self.min_bytes || end <= r.start_ns {
                 continue;
             }
+            let g = self.group[rail];
             let b = if r.op == "recv" {
-                &mut inn[rail]
+                &mut inn[g]
             } else {
-                &mut out[rail]
+                &mut out[g]
             };
             b.0 += r.bytes;
             b.1.push((r.start_ns, end));
         }
+        let group = &self.group;
         for (batch, samples) in [(out, &mut self.samples), (inn, &mut self.samples_in)] {
-            for (rail, (bytes, mut spans)) in batch.into_iter().enumerate() {
+            for (g, (bytes, mut spans)) in batch.into_iter().enumerate() {
                 let busy = union_ns(&mut spans);
                 if bytes == 0 || busy == 0 {
                     continue;
                 }
-                let q = &mut samples[rail];
-                if q.len() == self.window {
-                    q.pop_front();
+                for (rail, q) in samples.iter_mut().enumerate() {
+                    if group[rail] != g {
+                        continue;
+                    }
+                    if q.len() == self.window {
+                        q.pop_front();
+                    }
+                    q.push_back(bytes as f64 * 1e9 / busy as f64);
                 }
-                q.push_back(bytes as f64 * 1e9 / busy as f64);
             }
         }
     }
@@ -197,8 +227,24 @@ impl RailBalancer {
 
     /// The weights the current estimates give (step 4 of the module docs).
     pub fn weights(&self) -> Vec<f64> {
-        let est = self.throughput();
         let live = |i: usize| !self.dropped[i];
+        // A rail's part of its group's estimate: the group's rate times the rail's share of the
+        // group's live priors (the whole estimate for a rail alone in its group).
+        let group_prior = |g: usize| -> f64 {
+            (0..self.rails())
+                .filter(|&j| self.group[j] == g && live(j))
+                .map(|j| self.prior[j])
+                .sum()
+        };
+        let est: Vec<Option<f64>> = self
+            .throughput()
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let gp = group_prior(self.group[i]);
+                e.map(|e| if gp > 0.0 { e * self.prior[i] / gp } else { e })
+            })
+            .collect();
         // Scale of the priors against measured rates: measured bytes/s per unit of prior.
         let (m, p) = (0..self.rails())
             .filter(|&i| live(i))
@@ -319,6 +365,37 @@ mod tests {
 
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
         a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    #[test]
+    fn rails_of_one_nic_are_measured_together() {
+        // Two NICs, two connections each: 1 GB/s and 0.1 GB/s links. Each connection's share
+        // goes at a rate that depends on its sibling's; pooled per NIC the estimate is right.
+        let t = Telemetry::new(256);
+        let mut b = RailBalancer::new(&[1.0, 1.0, 1.0, 1.0])
+            .unwrap()
+            .with_groups(&[0, 0, 1, 1])
+            .unwrap()
+            .min_bytes(1);
+        assert!(b.clone().with_groups(&[0, 1]).is_err());
+        // One op: NIC 0 moves 2 MB in 2 ms (its two connections overlapping), NIC 1 0.2 MB in 2 ms.
+        for (rail, bytes, end) in [
+            (0, 1_000_000, 2_000_000),
+            (1, 1_000_000, 1_500_000),
+            (2, 100_000, 2_000_000),
+            (3, 100_000, 1_000_000),
+        ] {
+            t.record(Record::new("send", bytes, 0, end).with_rail(rail));
+        }
+        let w = b.update(&t);
+        assert!(
+            close(
+                &w,
+                &[10.0 / 22.0, 10.0 / 22.0, 1.0 / 22.0, 1.0 / 22.0],
+                1e-9
+            ),
+            "{w:?}"
+        );
     }
 
     #[test]
