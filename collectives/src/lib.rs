@@ -10,7 +10,7 @@
 //! | `MPI_SUM` / `MIN` / `MAX` / `PROD`          | [`ReduceOp`] on [`Element`] types (i32, i64, f32, f64, f16, bf16) |
 //! | `MPI_Neighbor_alltoallw`                    | [`Collectives::halo_exchange_typed`] ([`HaloRegion`]) |
 //! | NCCL's topology file / graph search         | [`Topology`], [`Planner`], [`Plan`]           |
-//! | Open MPI's `btl_tcp_bandwidth_<if>` weights | [`RailBalancer`] (measured, live)             |
+//! | Open MPI's `btl_tcp_bandwidth_<if>` weights | [`RailBalancer`] (measured, live), [`Collectives::probe_rails`] (at start-up) |
 //! | Holmes' NIC-class-aware 3D parallel groups  | [`holmes_groups`], [`Groups::split`]          |
 //!
 //! Planners and group formation take a [`Topology`] value and never call MPI or hwloc, so they
