@@ -9,7 +9,7 @@
 //! in the same process (the kernel's own loopback latency), reporting one-way microseconds and
 //! the ratio: what TcpComm's matching, framing and threads add to a message.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferry_comm::{Comm, Fault, Source, TagMatch, TcpComm, TcpConfig};
 
@@ -57,49 +57,34 @@ fn main() {
 
 /// Sends `iters` messages of `len` bytes from rank 0 to rank 1; returns GB/s.
 fn run(rails: &str, len: usize, iters: usize, cap: f64) -> f64 {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
-    let times: Vec<Option<Duration>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..2)
-            .map(|r| {
-                let addr = &addr;
-                s.spawn(move || {
-                    let mut cfg = TcpConfig::new(TcpConfig::parse_rails(rails).expect("rails"));
-                    cfg.token = Some(b"ferry-tcp-bench-token-0123456789".to_vec());
-                    let c = TcpComm::rendezvous(addr, r, 2, cfg).expect("bootstrap");
-                    if cap > 0.0 {
-                        for rail in 0..c.rail_count() {
-                            c.faults()
-                                .inject(rail, None, Fault::BandwidthCap(cap * 1e6))
-                                .expect("cap");
-                        }
-                    }
-                    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-                    let mut buf = vec![0u8; len];
-                    // One warm-up message, then the timed ones, each acknowledged.
-                    let mut start = Instant::now();
-                    for i in 0..=iters {
-                        if i == 1 {
-                            start = Instant::now();
-                        }
-                        if r == 0 {
-                            c.send(1, 0, &data).expect("send");
-                            c.recv(Source::Rank(1), TagMatch::Tag(1), &mut [])
-                                .expect("ack");
-                        } else {
-                            c.recv(Source::Rank(0), TagMatch::Tag(0), &mut buf)
-                                .expect("recv");
-                            assert!(buf == data, "payload differs");
-                            c.send(0, 1, &[]).expect("ack");
-                        }
-                    }
-                    (r == 0).then(|| start.elapsed())
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("rank")).collect()
+    let times = two_ranks(rails, |r, c| {
+        if cap > 0.0 {
+            for rail in 0..c.rail_count() {
+                c.faults()
+                    .inject(rail, None, Fault::BandwidthCap(cap * 1e6))
+                    .expect("cap");
+            }
+        }
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0u8; len];
+        // One warm-up message, then the timed ones, each acknowledged.
+        let mut start = Instant::now();
+        for i in 0..=iters {
+            if i == 1 {
+                start = Instant::now();
+            }
+            if r == 0 {
+                c.send(1, 0, &data).expect("send");
+                c.recv(Source::Rank(1), TagMatch::Tag(1), &mut [])
+                    .expect("ack");
+            } else {
+                c.recv(Source::Rank(0), TagMatch::Tag(0), &mut buf)
+                    .expect("recv");
+                assert!(buf == data, "payload differs");
+                c.send(0, 1, &[]).expect("ack");
+            }
+        }
+        (r == 0).then(|| start.elapsed())
     });
     let t = times[0].expect("rank 0 timed").as_secs_f64();
     (len * iters) as f64 / t / 1e9
@@ -125,45 +110,28 @@ fn latencies(iters: usize) {
 
 /// One-way microseconds of a `len`-byte ping-pong between two TcpComm ranks (threads).
 fn tcp_comm_pingpong(len: usize, iters: usize) -> f64 {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
-    let times: Vec<Option<Duration>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..2)
-            .map(|r| {
-                let addr = &addr;
-                s.spawn(move || {
-                    let mut cfg =
-                        TcpConfig::new(TcpConfig::parse_rails("127.0.0.1").expect("rails"));
-                    cfg.token = Some(b"ferry-tcp-bench-token-0123456789".to_vec());
-                    let c = TcpComm::rendezvous(addr, r, 2, cfg).expect("bootstrap");
-                    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ r as u8).collect();
-                    let mut buf = vec![0u8; len];
-                    let warm = iters / 10;
-                    let mut start = Instant::now();
-                    for i in 0..warm + iters {
-                        if i == warm {
-                            start = Instant::now();
-                        }
-                        if r == 0 {
-                            c.send(1, 0, &data).expect("send");
-                            c.recv(Source::Rank(1), TagMatch::Tag(0), &mut buf)
-                                .expect("recv");
-                        } else {
-                            c.recv(Source::Rank(0), TagMatch::Tag(0), &mut buf)
-                                .expect("recv");
-                            c.send(0, 0, &data).expect("send");
-                        }
-                    }
-                    let expect: Vec<u8> =
-                        (0..len).map(|i| (i % 251) as u8 ^ (1 - r) as u8).collect();
-                    assert!(buf == expect, "payload differs");
-                    (r == 0).then(|| start.elapsed())
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("rank")).collect()
+    let times = two_ranks("127.0.0.1", |r, c| {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ r as u8).collect();
+        let mut buf = vec![0u8; len];
+        let warm = iters / 10;
+        let mut start = Instant::now();
+        for i in 0..warm + iters {
+            if i == warm {
+                start = Instant::now();
+            }
+            if r == 0 {
+                c.send(1, 0, &data).expect("send");
+                c.recv(Source::Rank(1), TagMatch::Tag(0), &mut buf)
+                    .expect("recv");
+            } else {
+                c.recv(Source::Rank(0), TagMatch::Tag(0), &mut buf)
+                    .expect("recv");
+                c.send(0, 0, &data).expect("send");
+            }
+        }
+        let expect: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (1 - r) as u8).collect();
+        assert!(buf == expect, "payload differs");
+        (r == 0).then(|| start.elapsed())
     });
     times[0].expect("rank 0 timed").as_secs_f64() * 1e6 / (2 * iters) as f64
 }
@@ -200,5 +168,27 @@ fn raw_pingpong(len: usize, iters: usize) -> f64 {
         echo.join().expect("echo");
         assert!(buf == data, "payload differs");
         t.as_secs_f64() * 1e6 / (2 * iters) as f64
+    })
+}
+
+/// Runs `f(rank, comm)` on two TcpComm ranks (threads of this process, rendezvous bootstrap,
+/// rails `rails`) and returns what each returned, in rank order.
+fn two_ranks<R: Send>(rails: &str, f: impl Fn(usize, TcpComm) -> R + Sync) -> Vec<R> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                let (addr, f) = (&addr, &f);
+                s.spawn(move || {
+                    let mut cfg = TcpConfig::new(TcpConfig::parse_rails(rails).expect("rails"));
+                    cfg.token = Some(b"ferry-tcp-bench-token-0123456789".to_vec());
+                    f(r, TcpComm::rendezvous(addr, r, 2, cfg).expect("bootstrap"))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("rank")).collect()
     })
 }
