@@ -62,7 +62,7 @@ use crate::telemetry::Telemetry;
 const TAG_BARRIER: Tag = 1;
 
 /// How long a blocking receive polls for its message before it sleeps.
-const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 
 /// Most bytes of eager (queued, not yet written) sends towards one peer.
 const EAGER_IN_FLIGHT_BYTES: usize = 4 << 20;
