@@ -19,8 +19,8 @@
 # Usage: scripts/bench-allreduce.sh [OUT.jsonl]
 # Environment: RANKS ("2 4"), LAUNCHES (3), MAX_BYTES (256M), TARGET_SECONDS (0.3),
 # MAX_SECONDS (per sweep, 150), STREAM_OPS (60, 0 to skip), THROTTLE_AFTER (3), THROTTLE_RATE
-# (500mbit), FERRY_ARGS ("--links 2 --chunk-bytes 2MiB"), FERRY_STREAM_ARGS ("--links 1
-# --chunk-bytes 1MiB"), CARGO_TARGET_DIR (target).
+# (500mbit), FERRY_ARGS and FERRY_STREAM_ARGS (both "--links 3 --chunk-bytes 1MiB
+# --reprobe-min-bytes 8MiB"), CARGO_TARGET_DIR (target).
 # The machine is shared (2 cores): records carry the load average; repeat runs and compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +37,8 @@ budget=${MAX_SECONDS:-150}
 stream_ops=${STREAM_OPS:-60}
 throttle_after=${THROTTLE_AFTER:-3}
 throttle_rate=${THROTTLE_RATE:-500mbit}
-read -r -a ferry_args <<<"${FERRY_ARGS:---links 2 --chunk-bytes 2MiB}"
-read -r -a stream_args <<<"${FERRY_STREAM_ARGS:---links 1 --chunk-bytes 1MiB}"
+read -r -a ferry_args <<<"${FERRY_ARGS:---links 3 --chunk-bytes 1MiB --reprobe-min-bytes 8MiB}"
+read -r -a stream_args <<<"${FERRY_STREAM_ARGS:---links 3 --chunk-bytes 1MiB --reprobe-min-bytes 8MiB}"
 fast=2gbit slow=200mbit
 export FERRY_TESTBED_PREFIX=${FERRY_TESTBED_PREFIX:-ferry-arb}
 export FERRY_TESTBED_DIR=/tmp/${FERRY_TESTBED_PREFIX}-testbed

@@ -32,7 +32,7 @@ use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ferry_collectives::{Algorithm, Collectives, RailBalancer, ReduceOp, Topology};
+use ferry_collectives::{Algorithm, Collectives, RailBalancer, ReduceOp, Reprobe, Topology};
 use ferry_comm::{Comm, MpiRuntime, TcpComm, TcpConfig};
 use mpi::collective::SystemOperation;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
@@ -88,6 +88,13 @@ pub(crate) struct Args {
     /// measured and merely follows the fast one's estimate scaled by the priors.
     #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
     balancer_min_bytes: usize,
+    /// Probe the rails again (each alone, `--reprobe-bytes`) when operations of at least this
+    /// size run 1.3x slower than the recent ones twice in a row (0: never).
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    reprobe_min_bytes: usize,
+    /// Bytes per rail in such a probe.
+    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    reprobe_bytes: usize,
     /// Throughput samples the balancer keeps per rail and direction (median).
     #[arg(long, default_value_t = 16)]
     balancer_window: usize,
@@ -597,6 +604,11 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             .min_bytes(args.balancer_min_bytes as u64)
             .window(args.balancer_window);
         coll = coll.with_rail_balancer(b);
+    }
+    if args.reprobe_min_bytes > 0 {
+        let mut r = Reprobe::new(args.reprobe_min_bytes);
+        r.probe_bytes = args.reprobe_bytes;
+        coll = coll.with_reprobe(r);
     }
     if rank == 0 {
         println!(

@@ -21,6 +21,7 @@ use crate::algo::{Hierarchy, Run, blocks};
 use crate::error::{Error, Result, invalid};
 use crate::halo::{HaloRecv, HaloRegion, HaloSend};
 use crate::plan::{Algorithm, Flat, Plan, Planner};
+use crate::probe::Reprobe;
 use crate::rail::RailBalancer;
 use crate::reduce::{Element, ReduceOp};
 use crate::topology::{Node, Topology};
@@ -33,6 +34,7 @@ pub struct Collectives<C: Comm> {
     node_of: Option<Vec<usize>>,
     planner: Planner,
     balancer: Option<RefCell<RailBalancer>>,
+    reprobe: Option<RefCell<Reprobe>>,
     hierarchy: OnceCell<Hierarchy<C>>,
 }
 
@@ -57,6 +59,7 @@ impl<C: Comm> Collectives<C> {
             node_of: None,
             planner: Planner::default(),
             balancer: None,
+            reprobe: None,
             hierarchy: OnceCell::new(),
         }
     }
@@ -114,6 +117,18 @@ impl<C: Comm> Collectives<C> {
     /// The topology, if one was given.
     pub fn topology(&self) -> Option<&Topology> {
         self.topology.as_ref()
+    }
+
+    /// Probes the rails again when large operations slow down (see [`Reprobe`]); the probe's
+    /// rates become the rail balancer's new priors.
+    pub fn with_reprobe(mut self, reprobe: Reprobe) -> Self {
+        self.reprobe = Some(RefCell::new(reprobe));
+        self
+    }
+
+    /// The re-probe state, if any (how many probes ran).
+    pub fn reprobe(&self) -> Option<std::cell::Ref<'_, Reprobe>> {
+        self.reprobe.as_ref().map(RefCell::borrow)
     }
 
     /// The rail balancer, if any (the anomaly detector drops or restores rails through it).
@@ -233,6 +248,7 @@ impl<C: Comm> Collectives<C> {
                 if let Some(b) = &self.balancer {
                     b.borrow_mut().after_op(&self.comm, &self.telemetry)?;
                 }
+                self.watch_rates(bytes, (end - start) as f64 * 1e-9)?;
             }
             // Bad arguments are the caller's to handle; transport failures are news.
             Err(e @ Error::InvalidArgument(_)) => {
@@ -241,6 +257,32 @@ impl<C: Comm> Collectives<C> {
             Err(e) => tracing::warn!(rank = self.comm.rank(), op, error = %e, "collective failed"),
         }
         out
+    }
+
+    /// After an operation of `bytes` that took `seconds`: the [`Reprobe`] check (collective: the
+    /// ranks agree through a one-integer all-reduce, so all probe or none do).
+    fn watch_rates(&self, bytes: usize, seconds: f64) -> Result<()> {
+        let Some(r) = &self.reprobe else {
+            return Ok(());
+        };
+        if bytes < r.borrow().min_bytes || self.comm.rail_count() < 2 {
+            return Ok(());
+        }
+        let slow = r.borrow_mut().observe(bytes, seconds);
+        let mut any = [i32::from(slow)];
+        // Outside `run`: the verdict is not an operation of its own for telemetry or balancing.
+        Run::new(&self.comm, self.planner.chunk_bytes)
+            .doubling_allreduce(&mut any, ReduceOp::Max)?;
+        if !r.borrow_mut().verdict(any[0] != 0) {
+            return Ok(());
+        }
+        let probe_bytes = r.borrow().probe_bytes;
+        let probe = self.probe_rails(probe_bytes, 1)?;
+        tracing::info!(rank = self.comm.rank(), rates = ?probe.bytes_per_second, "operations slowed down: rails probed again");
+        if let Some(b) = &self.balancer {
+            b.borrow_mut().reset_priors(&probe.weights)?;
+        }
+        Ok(())
     }
 
     /// All-reduce in place with the planned algorithm.

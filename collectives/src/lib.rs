@@ -41,7 +41,7 @@ pub use crate::holmes::{
     Crossings, GroupComms, Groups, ParallelDims, holmes_groups, megatron_groups,
 };
 pub use crate::plan::{Algorithm, Flat, Plan, Planner};
-pub use crate::probe::RailProbe;
+pub use crate::probe::{RailProbe, Reprobe};
 pub use crate::rail::RailBalancer;
 pub use crate::reduce::{Element, ReduceOp};
 pub use crate::topology::{Gpu, Nic, NicClass, NicRole, Node, Topology};

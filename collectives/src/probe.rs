@@ -8,7 +8,16 @@
 //! A rank's figure for the rail is the bytes it received over the time it took; the job's
 //! figure is the minimum over ranks (a ring runs at its slowest link). Only the transport's
 //! public rail hooks are used (`Comm::set_rail_weights`), so this works for any backend.
+//!
+//! [`Reprobe`] runs it again when large operations slow down: after each operation of at
+//! least `min_bytes`, every rank compares its time with the median of the last ones of the same
+//! size; the ranks agree (a one-integer all-reduce) whether any of them was slower by
+//! `factor`, and after `strikes` such operations in a row they probe the rails and start the
+//! rail balancer over from the measured rates. A throttled or failing link changes the rates
+//! that a balancer fed by short shares cannot see (a `tbf` bucket's burst makes a little-used
+//! rail look fast); a probe that fills each rail alone can.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use ferry_comm::{Comm, Source, TagMatch};
@@ -86,5 +95,96 @@ impl<C: Comm> Collectives<C> {
             bytes_per_second: rates,
             weights,
         })
+    }
+}
+
+/// When to probe the rails again; see the module docs and
+/// [`Collectives::with_reprobe`](crate::Collectives::with_reprobe).
+#[derive(Clone, Debug)]
+pub struct Reprobe {
+    /// Operations smaller than this are not watched.
+    pub min_bytes: usize,
+    /// An operation is slow when it takes `factor` times the median of the recent ones.
+    pub factor: f64,
+    /// Slow operations in a row (agreed by all ranks) that trigger a probe.
+    pub strikes: u32,
+    /// Bytes each rail moves in the probe (well above a shaper's burst).
+    pub probe_bytes: usize,
+    history: HashMap<usize, VecDeque<f64>>,
+    in_a_row: u32,
+    probes: u64,
+}
+
+impl Reprobe {
+    /// Watches operations of `min_bytes` and more; defaults: factor 1.3, 2 strikes, 4 MiB probes.
+    pub fn new(min_bytes: usize) -> Self {
+        Reprobe {
+            min_bytes,
+            factor: 1.3,
+            strikes: 2,
+            probe_bytes: 4 << 20,
+            history: HashMap::new(),
+            in_a_row: 0,
+            probes: 0,
+        }
+    }
+
+    /// How many probes have run.
+    pub fn probes(&self) -> u64 {
+        self.probes
+    }
+
+    /// Records an operation's time; whether it is slow against the recent ones of its size.
+    pub(crate) fn observe(&mut self, bytes: usize, seconds: f64) -> bool {
+        let h = self.history.entry(bytes).or_default();
+        let slow = h.len() >= 3 && {
+            let mut v: Vec<f64> = h.iter().copied().collect();
+            v.sort_by(f64::total_cmp);
+            seconds > self.factor * v[v.len() / 2]
+        };
+        if h.len() == 8 {
+            h.pop_front();
+        }
+        h.push_back(seconds);
+        slow
+    }
+
+    /// Counts an agreed verdict; true when it is time to probe (and restarts the count and the
+    /// history, whose times belong to the old rates).
+    pub(crate) fn verdict(&mut self, any_slow: bool) -> bool {
+        self.in_a_row = if any_slow { self.in_a_row + 1 } else { 0 };
+        if self.in_a_row >= self.strikes.max(1) {
+            self.in_a_row = 0;
+            self.history.clear();
+            self.probes += 1;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_operations_in_a_row_trigger_a_probe() {
+        let mut r = Reprobe::new(1);
+        for _ in 0..4 {
+            assert!(!r.observe(100, 1.0));
+            assert!(!r.verdict(false));
+        }
+        // One slow operation is noise; two in a row are news.
+        assert!(r.observe(100, 2.0));
+        assert!(!r.verdict(true));
+        assert!(!r.observe(100, 1.0));
+        assert!(!r.verdict(false));
+        assert!(r.observe(100, 2.0));
+        assert!(!r.verdict(true));
+        assert!(r.observe(100, 2.5));
+        assert!(r.verdict(true));
+        assert_eq!(r.probes(), 1);
+        // The history starts over: the new times are the new normal.
+        assert!(!r.observe(100, 2.5));
     }
 }

@@ -147,6 +147,17 @@ impl RailBalancer {
         Ok(())
     }
 
+    /// Starts over from new priors (e.g. rates just probed): forgets every sample, so the
+    /// weights are the priors until new measurements arrive.
+    pub fn reset_priors(&mut self, prior: &[f64]) -> Result<()> {
+        let prior = ferry_comm::check_rail_weights(prior, self.rails())
+            .map_err(|e| invalid(e.to_string()))?;
+        self.prior = prior;
+        self.samples.iter_mut().for_each(VecDeque::clear);
+        self.samples_in.iter_mut().for_each(VecDeque::clear);
+        Ok(())
+    }
+
     /// Adds records (those naming a rail of this balancer and long enough) to the windows:
     /// one sample per rail and direction per call, the bytes of that rail's records over the
     /// time the rail was busy with them (the union of their intervals). Shares queued behind

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ferry_collectives::{Collectives, RailBalancer, ReduceOp};
+use ferry_collectives::{Collectives, RailBalancer, ReduceOp, Reprobe};
 use ferry_comm::{Comm, Fault, TcpComm, TcpConfig};
 
 const TOKEN: &[u8] = b"collectives-rails-token-0123456789";
@@ -105,4 +105,45 @@ fn the_balancer_weights_down_a_capped_rail_during_allreduces() {
             "rank {rank}: the capped rail still carries {w:?}"
         );
     }
+}
+
+#[test]
+fn a_rail_capped_mid_stream_is_probed_again_and_weighted_down() {
+    let out = job(2, |c| {
+        let balancer = RailBalancer::new(&[0.5, 0.5]).unwrap().every(1);
+        let mut reprobe = Reprobe::new(1 << 20);
+        reprobe.probe_bytes = 1 << 20;
+        let coll = Collectives::new(c)
+            .with_rail_balancer(balancer)
+            .with_reprobe(reprobe);
+        let n: i32 = 1 << 18; // 1 MiB of i32
+        for op in 0..14 {
+            if op == 6 {
+                // Both ranks cap their rail 0 after the same operation.
+                let c = coll.comm();
+                c.faults()
+                    .inject(0, Some(1 - c.rank()), Fault::BandwidthCap(8e6))
+                    .unwrap();
+            }
+            let r = coll.comm().rank() as i32;
+            let mut v: Vec<i32> = (0..n).map(|i| i ^ (op * 5 + r)).collect();
+            let expect: Vec<i32> = (0..n)
+                .map(|i| (i ^ (op * 5)).wrapping_add(i ^ (op * 5 + 1)))
+                .collect();
+            coll.allreduce(&mut v, ReduceOp::Sum).unwrap();
+            assert!(v == expect, "op {op}: wrong sum");
+        }
+        (coll.reprobe().unwrap().probes(), coll.comm().rail_weights())
+    });
+    for (rank, (probes, w)) in out.iter().enumerate() {
+        assert!(
+            *probes >= 1,
+            "rank {rank}: the slowdown never triggered a probe"
+        );
+        assert!(
+            w[0] < 0.2,
+            "rank {rank}: the capped rail still carries {w:?}"
+        );
+    }
+    assert_eq!(out[0].0, out[1].0, "both ranks probe together");
 }
