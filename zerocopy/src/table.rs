@@ -124,22 +124,9 @@ impl HostTable {
         // SAFETY: `ptr..ptr+bytes` is the Vec's heap allocation, which moving the Vec into the
         // table's `_owner` below does not move; the registration is dropped before the owner
         // (field order), and the host reaches the bytes only through the table afterwards.
-        let reg = unsafe { HostRegistration::from_raw(gpu, ptr, bytes) }.map_err(|source| {
-            ZeroCopyError::Pin {
-                bytes,
-                how: "cuMemHostRegister",
-                source,
-            }
-        })?;
-        Ok(HostTable {
-            storage: Storage::Registered {
-                reg,
-                _owner: Box::new(data),
-            },
-            rows,
-            row_bytes,
-            placement: in_place(),
-        })
+        unsafe {
+            Self::pinned_in_place(gpu, ptr, bytes, Box::new(data), rows, row_bytes, in_place())
+        }
     }
 
     /// Allocates a zero-filled table in anonymous memory and pins it in place; with
@@ -198,22 +185,17 @@ impl HostTable {
         let ptr = map.as_mut_ptr();
         // SAFETY: `ptr..ptr+bytes` is the mapping, which lives in `_owner` (moving `MmapMut`
         // does not move the pages) until after the registration is dropped (field order).
-        let reg = unsafe { HostRegistration::from_raw(gpu, ptr, map.len()) }.map_err(|source| {
-            ZeroCopyError::Pin {
-                bytes,
-                how: "cuMemHostRegister",
-                source,
-            }
-        })?;
-        Ok(HostTable {
-            storage: Storage::Registered {
-                reg,
-                _owner: Box::new(map),
-            },
-            rows,
-            row_bytes,
-            placement,
-        })
+        unsafe {
+            Self::pinned_in_place(
+                gpu,
+                ptr,
+                map.len(),
+                Box::new(map),
+                rows,
+                row_bytes,
+                placement,
+            )
+        }
     }
 
     /// Maps the file at `path` privately (copy-on-write) and pins the mapping in place as a
@@ -252,22 +234,7 @@ impl HostTable {
         let ptr = map.as_mut_ptr();
         // SAFETY: `ptr..ptr+len` is the mapping, which lives in `_owner` (moving `MmapMut`
         // does not move the pages) until after the registration is dropped (field order).
-        let reg = unsafe { HostRegistration::from_raw(gpu, ptr, len) }.map_err(|source| {
-            ZeroCopyError::Pin {
-                bytes: len,
-                how: "cuMemHostRegister",
-                source,
-            }
-        })?;
-        Ok(HostTable {
-            storage: Storage::Registered {
-                reg,
-                _owner: Box::new(map),
-            },
-            rows,
-            row_bytes,
-            placement: in_place(),
-        })
+        unsafe { Self::pinned_in_place(gpu, ptr, len, Box::new(map), rows, row_bytes, in_place()) }
     }
 
     /// Creates (or truncates) the file at `path` with room for `rows x row_bytes` zero bytes,
@@ -348,6 +315,25 @@ impl HostTable {
         let ptr = map.as_mut_ptr();
         // SAFETY: `ptr..ptr+bytes` is the mapping, which lives in `_owner` (moving `MmapMut`
         // does not move the pages) until after the registration is dropped (field order).
+        unsafe { Self::pinned_in_place(gpu, ptr, bytes, Box::new(map), rows, row_bytes, placement) }
+    }
+
+    /// Pins the `bytes` at `ptr` in place (`cuMemHostRegister`) as a table that keeps `owner`,
+    /// the owner of that memory, alive until after the registration is dropped (field order).
+    ///
+    /// # Safety
+    /// `ptr..ptr+bytes` is memory that `owner` owns and neither moves nor frees while it
+    /// lives (a `Vec`'s heap allocation, a mapping), and that nothing else frees or reuses.
+    unsafe fn pinned_in_place(
+        gpu: &Gpu,
+        ptr: *mut u8,
+        bytes: usize,
+        owner: Box<dyn Any + Send + Sync>,
+        rows: usize,
+        row_bytes: usize,
+        placement: NumaPlacement,
+    ) -> Result<Self> {
+        // SAFETY: the caller's contract; `owner` moves into the table with the registration.
         let reg = unsafe { HostRegistration::from_raw(gpu, ptr, bytes) }.map_err(|source| {
             ZeroCopyError::Pin {
                 bytes,
@@ -356,10 +342,7 @@ impl HostTable {
             }
         })?;
         Ok(HostTable {
-            storage: Storage::Registered {
-                reg,
-                _owner: Box::new(map),
-            },
+            storage: Storage::Registered { reg, _owner: owner },
             rows,
             row_bytes,
             placement,
