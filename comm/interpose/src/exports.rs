@@ -891,6 +891,46 @@ fn complete_indexed(
     }
 }
 
+/// The signature MPI_Waitsome and MPI_Testsome share.
+type SomeFn =
+    unsafe extern "C" fn(c_int, *mut MPI_Request, *mut c_int, *mut c_int, *mut MPI_Status) -> c_int;
+
+/// MPI_Waitsome and MPI_Testsome: the library completes some requests (`pmpi`), then ferry
+/// finishes those it owns (unpacks receives, recycles staging), with statuses of its own when
+/// the application passed MPI_STATUSES_IGNORE.
+///
+/// # Safety
+/// The arguments are the application's, with MPI's own preconditions.
+unsafe fn some_completed(
+    name: &'static str,
+    pmpi: SomeFn,
+    incount: c_int,
+    requests: *mut MPI_Request,
+    outcount: *mut c_int,
+    indices: *mut c_int,
+    statuses: *mut MPI_Status,
+) -> c_int {
+    guard(name, || {
+        let Some(s) = active() else {
+            // SAFETY: forwarded unchanged.
+            return unsafe { pmpi(incount, requests, outcount, indices, statuses) };
+        };
+        progress_detached(s, false);
+        // SAFETY: MPI's contract on `requests`.
+        let saved = unsafe { handles(incount, requests) };
+        let mut local = vec![empty_status(); saved.len()];
+        let out = if statuses == statuses_ignore() {
+            local.as_mut_ptr()
+        } else {
+            statuses
+        };
+        // SAFETY: `out` has room for `incount` statuses.
+        let rc = unsafe { pmpi(incount, requests, outcount, indices, out) };
+        complete_some(s, &saved, outcount, indices, out, rc);
+        rc
+    })
+}
+
 /// MPI_Waitsome (MPI-3.1 §3.7.5).
 ///
 /// # Safety
@@ -903,25 +943,18 @@ pub unsafe extern "C" fn MPI_Waitsome(
     indices: *mut c_int,
     statuses: *mut MPI_Status,
 ) -> c_int {
-    guard("MPI_Waitsome", || {
-        let Some(s) = active() else {
-            // SAFETY: forwarded unchanged.
-            return unsafe { ffi::PMPI_Waitsome(incount, requests, outcount, indices, statuses) };
-        };
-        progress_detached(s, false);
-        // SAFETY: MPI's contract on `requests`.
-        let saved = unsafe { handles(incount, requests) };
-        let mut local = vec![empty_status(); saved.len()];
-        let out = if statuses == statuses_ignore() {
-            local.as_mut_ptr()
-        } else {
-            statuses
-        };
-        // SAFETY: `out` has room for `incount` statuses.
-        let rc = unsafe { ffi::PMPI_Waitsome(incount, requests, outcount, indices, out) };
-        complete_some(s, &saved, outcount, indices, out, rc);
-        rc
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        some_completed(
+            "MPI_Waitsome",
+            ffi::PMPI_Waitsome,
+            incount,
+            requests,
+            outcount,
+            indices,
+            statuses,
+        )
+    }
 }
 
 /// MPI_Testsome is not in the intercepted list of the issue, but it completes requests too, so
@@ -937,25 +970,18 @@ pub unsafe extern "C" fn MPI_Testsome(
     indices: *mut c_int,
     statuses: *mut MPI_Status,
 ) -> c_int {
-    guard("MPI_Testsome", || {
-        let Some(s) = active() else {
-            // SAFETY: forwarded unchanged.
-            return unsafe { ffi::PMPI_Testsome(incount, requests, outcount, indices, statuses) };
-        };
-        progress_detached(s, false);
-        // SAFETY: MPI's contract on `requests`.
-        let saved = unsafe { handles(incount, requests) };
-        let mut local = vec![empty_status(); saved.len()];
-        let out = if statuses == statuses_ignore() {
-            local.as_mut_ptr()
-        } else {
-            statuses
-        };
-        // SAFETY: `out` has room for `incount` statuses.
-        let rc = unsafe { ffi::PMPI_Testsome(incount, requests, outcount, indices, out) };
-        complete_some(s, &saved, outcount, indices, out, rc);
-        rc
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        some_completed(
+            "MPI_Testsome",
+            ffi::PMPI_Testsome,
+            incount,
+            requests,
+            outcount,
+            indices,
+            statuses,
+        )
+    }
 }
 
 fn complete_some(
