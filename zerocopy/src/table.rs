@@ -201,10 +201,7 @@ impl HostTable {
     /// Maps the file at `path` privately (copy-on-write) and pins the mapping in place as a
     /// table of `row_bytes`-byte rows; the file's length must be a whole number of rows.
     pub fn map_file(gpu: &Gpu, path: &Path, row_bytes: usize) -> Result<Self> {
-        let io = |what: &str, e: std::io::Error| ZeroCopyError::Io {
-            what: format!("{what} {}", path.display()),
-            message: e.to_string(),
-        };
+        let io = |what: &str, e| file_error(what, path, e);
         let file = std::fs::File::open(path).map_err(|e| io("opening", e))?;
         let len = file
             .metadata()
@@ -247,10 +244,7 @@ impl HostTable {
         if bytes == 0 {
             return Err(invalid("a shared table needs at least one row"));
         }
-        let io = |what: &str, e: std::io::Error| ZeroCopyError::Io {
-            what: format!("{what} {}", path.display()),
-            message: e.to_string(),
-        };
+        let io = |what: &str, e| file_error(what, path, e);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -267,10 +261,7 @@ impl HostTable {
     /// length must be a whole, non-zero number of rows. Writes through one process's table
     /// are seen by all.
     pub fn open_shared(gpu: &Gpu, path: &Path, row_bytes: usize) -> Result<Self> {
-        let io = |what: &str, e: std::io::Error| ZeroCopyError::Io {
-            what: format!("{what} {}", path.display()),
-            message: e.to_string(),
-        };
+        let io = |what: &str, e| file_error(what, path, e);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -541,4 +532,12 @@ enum Pages {
     Transparent,
     /// Reserved 2 MiB huge pages (`MAP_HUGETLB`).
     HugeTlb,
+}
+
+/// The error of a file operation `what` ("opening", "mapping", ...) on `path`.
+fn file_error(what: &str, path: &Path, e: std::io::Error) -> ZeroCopyError {
+    ZeroCopyError::Io {
+        what: format!("{what} {}", path.display()),
+        message: e.to_string(),
+    }
 }
