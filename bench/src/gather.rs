@@ -24,7 +24,7 @@ use ferry_zerocopy::{
     CpuGather, GatherOptions, GatherPipeline, Gatherer, HostTable, TableView, stream_copy,
 };
 
-use crate::report::{median, write_json_lines};
+use crate::report::{median, read_json_lines, write_json_lines};
 
 /// Options of `ferry-bench gather`.
 #[derive(clap::Args, Debug)]
@@ -317,13 +317,9 @@ fn time_pipeline(
 /// PyTorch figures by (distribution, row bytes): (tuned, naive) GB/s.
 type TorchMap = HashMap<(String, usize), (f64, f64)>;
 
-fn read_torch(path: &PathBuf) -> Result<TorchMap, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn read_torch(path: &std::path::Path) -> Result<TorchMap, String> {
     let mut map = HashMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| format!("{}: bad JSON line '{line}': {e}", path.display()))?;
+    for v in read_json_lines::<serde_json::Value>(path)? {
         let dist = v["dist"].as_str().unwrap_or("uniform").to_string();
         if let (Some(rb), Some(t), Some(n)) = (
             v["row_bytes"].as_u64(),

@@ -16,7 +16,7 @@ use ferry_comm::{Comm, MpiRuntime};
 use ferry_datatypes::testing::Recipe;
 
 use crate::launch;
-use crate::report::{median, write_json_lines};
+use crate::report::{median, read_json_lines, write_json_lines};
 
 /// Options of `ferry-bench pingpong-ddt`.
 #[derive(clap::Args, Debug)]
@@ -108,13 +108,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     let ferry = dir.join("ferry.json");
     launch(args, &exe, None, &plain)?;
     launch(args, &exe, Some(&lib), &ferry)?;
-    let read = |p: &Path| -> Result<Vec<Raw>, String> {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        text.lines()
-            .map(|l| serde_json::from_str(l).map_err(|e| e.to_string()))
-            .collect()
-    };
-    let (plain, ferry) = (read(&plain)?, read(&ferry)?);
+    let (plain, ferry): (Vec<Raw>, Vec<Raw>) = (read_json_lines(&plain)?, read_json_lines(&ferry)?);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "ferry-bench pingpong-ddt: 2 ranks, median of {} x {} round trips; times are one way",

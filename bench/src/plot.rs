@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use plotters::prelude::SeriesLabelPosition;
 
 use crate::chart;
+use crate::report::parse_json_lines;
 
 /// Options of `ferry-bench plot-gather`.
 #[derive(clap::Args, Debug)]
@@ -49,18 +50,10 @@ type Line = (&'static str, Vec<(f64, f64)>);
 
 /// Reads the `gather` records of `dist` and returns one line per method that has values.
 fn lines(text: &str, dist: &str) -> Result<(Vec<Line>, Option<serde_json::Value>), String> {
-    let mut records = Vec::new();
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
-        if v["bench"] == "gather" && v["dist"] == dist {
-            records.push(v);
-        }
-    }
+    let mut records: Vec<serde_json::Value> = parse_json_lines::<serde_json::Value>(text)?
+        .into_iter()
+        .filter(|v| v["bench"] == "gather" && v["dist"] == dist)
+        .collect();
     if records.is_empty() {
         return Err(format!("no gather records with dist '{dist}'"));
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use plotters::prelude::SeriesLabelPosition;
 
 use crate::chart;
+use crate::report::parse_json_lines;
 
 /// Options of `ferry-bench plot-allreduce`.
 #[derive(clap::Args, Debug)]
@@ -35,13 +36,7 @@ type Line = chart::Series;
 fn lines(text: &str, ranks: Option<u64>) -> Result<(Vec<Line>, Option<f64>), String> {
     let mut out: Vec<Line> = Vec::new();
     let mut bound = None;
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+    for v in parse_json_lines::<serde_json::Value>(text)? {
         if v["summary"] != true || v["bench"] != "allreduce" {
             continue;
         }

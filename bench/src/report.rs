@@ -89,6 +89,26 @@ pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{s}' overflows"))
 }
 
+/// Parses JSON lines (blank lines skipped); an error names the line.
+pub(crate) fn parse_json_lines<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<Vec<T>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", n + 1)))
+        .collect()
+}
+
+/// Reads and parses a JSON-lines file; an error names the file and the line.
+pub(crate) fn read_json_lines<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<Vec<T>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_json_lines(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// The median of `v` (the upper one for an even count); `NaN` for an empty `v`.
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -100,6 +120,18 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn json_lines_skip_blanks_and_name_the_bad_line() {
+        let v: Vec<serde_json::Value> = parse_json_lines("{\"a\":1}\n\n{\"a\":2}\n").unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1]["a"], 2);
+        let e = parse_json_lines::<serde_json::Value>("{}\n{oops\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        let e = read_json_lines::<serde_json::Value>(std::path::Path::new("/nonexistent/x.jsonl"));
+        assert!(e.unwrap_err().contains("/nonexistent/x.jsonl"));
+    }
+
     use super::{parse_bytes, today};
 
     #[test]
