@@ -120,6 +120,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn json_lines_skip_blanks_and_name_the_bad_line() {
@@ -131,8 +132,6 @@ mod tests {
         let e = read_json_lines::<serde_json::Value>(std::path::Path::new("/nonexistent/x.jsonl"));
         assert!(e.unwrap_err().contains("/nonexistent/x.jsonl"));
     }
-
-    use super::{parse_bytes, today};
 
     #[test]
     fn today_is_a_plausible_date() {
