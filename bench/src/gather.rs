@@ -70,6 +70,10 @@ pub(crate) struct Args {
     /// them first (`echo N > /proc/sys/vm/nr_hugepages`).
     #[arg(long)]
     hugetlb: bool,
+    /// Build the table with CUDA's virtual memory management API (`cuMemCreate` on the GPU's
+    /// host NUMA node, 2 MiB granularity, mapped for CPU and GPU) instead of `cuMemHostAlloc`.
+    #[arg(long)]
+    vmm: bool,
     /// Before the gathers, time pinning a table of --table-gib: `cuMemHostAlloc` (with its
     /// zero fill) vs `cuMemHostRegister` of memory already allocated and touched.
     #[arg(long)]
@@ -100,6 +104,8 @@ struct Record {
     row_bytes: usize,
     table_gib: f64,
     table_rows: usize,
+    /// How the table's memory was made: `cuMemHostAlloc`, `vmm`, `thp` or `hugetlb`.
+    table_memory: &'static str,
     batch: usize,
     dist: String,
     /// ferry's default: GPU bucketing (timed) + line-aligned gather.
@@ -136,6 +142,8 @@ struct PinRecord {
     alloc_touch_s: f64,
     /// `cuMemHostRegister(PORTABLE | DEVICEMAP)` of that memory.
     register_s: f64,
+    /// `cuMemCreate` on a host NUMA node + map + zero fill (`HostTable::alloc_vmm`).
+    alloc_vmm_s: f64,
 }
 
 #[derive(serde::Serialize, Debug)]
@@ -349,12 +357,17 @@ fn pin_timing(gpu: &Gpu, bytes: usize) -> Result<PinRecord, String> {
     let table = HostTable::register(gpu, data, 8).map_err(es)?;
     let register_s = t.elapsed().as_secs_f64();
     drop(table);
+    let t = Instant::now();
+    let table = HostTable::alloc_vmm(gpu, bytes / 64, 64).map_err(es)?;
+    let alloc_vmm_s = t.elapsed().as_secs_f64();
+    drop(table);
     Ok(PinRecord {
         bench: "gather-pin",
         table_bytes: bytes,
         alloc_pinned_s,
         alloc_touch_s,
         register_s,
+        alloc_vmm_s,
     })
 }
 
@@ -520,8 +533,8 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         let pin = pin_timing(&gpu, table_bytes)?;
         println!(
             "pinning {table_bytes} bytes: cuMemHostAlloc + zero fill {:.2} s; allocate + touch \
-             {:.2} s then cuMemHostRegister {:.2} s",
-            pin.alloc_pinned_s, pin.alloc_touch_s, pin.register_s
+             {:.2} s then cuMemHostRegister {:.2} s; cuMemCreate (host) + zero fill {:.2} s",
+            pin.alloc_pinned_s, pin.alloc_touch_s, pin.register_s, pin.alloc_vmm_s
         );
         json.push(serde_json::to_value(pin).map_err(es)?);
         save(&json)?;
@@ -530,7 +543,18 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         "gather: pinning and filling a {table_bytes}-byte table on {}",
         gpu.name()
     );
-    let mut table = if args.hugetlb {
+    let table_memory = if args.vmm {
+        "vmm"
+    } else if args.hugetlb {
+        "hugetlb"
+    } else if args.huge_pages {
+        "thp"
+    } else {
+        "cuMemHostAlloc"
+    };
+    let mut table = if args.vmm {
+        HostTable::alloc_vmm(&gpu, table_bytes / 64, 64)
+    } else if args.hugetlb {
         HostTable::alloc_hugetlb(&gpu, table_bytes / 64, 64)
     } else if args.huge_pages {
         HostTable::alloc_registered(&gpu, table_bytes / 64, 64, true)
@@ -665,6 +689,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
                 row_bytes: rb,
                 table_gib: args.table_gib,
                 table_rows: rows,
+                table_memory,
                 batch: idx.len(),
                 dist: dist.clone(),
                 ferry_gbs: ferry,

@@ -18,6 +18,7 @@
 //! | `cuMemAlloc` | [`DeviceBuffer`] |
 //! | `cuMemHostAlloc(PORTABLE \| DEVICEMAP)` | [`MappedHostBuffer`] |
 //! | `cuMemHostRegister(PORTABLE \| DEVICEMAP)` | [`HostRegistration`] |
+//! | `cuMemCreate` (host NUMA) + `cuMemMap` + `cuMemSetAccess` | [`VmmHostBuffer`] |
 //! | `cuMemAllocManaged` | [`ManagedBuffer`] |
 //! | `cuPointerGetAttributes` | [`classify`] -> [`MemoryKind`] |
 //!
@@ -62,6 +63,7 @@ mod loader;
 mod managed;
 mod pointer;
 mod stream;
+mod vmm;
 
 pub use buffer::DeviceBuffer;
 pub use cudarc::driver::{DeviceRepr, LaunchConfig, ValidAsZeroBits};
@@ -72,3 +74,4 @@ pub use kernel::{Kernel, KernelCacheStats, Launch, kernel_cache_stats};
 pub use managed::ManagedBuffer;
 pub use pointer::{AsAddress, MemoryKind, classify, try_classify};
 pub use stream::{Event, Stream};
+pub use vmm::VmmHostBuffer;

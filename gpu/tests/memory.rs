@@ -5,13 +5,37 @@
 mod common;
 
 use common::{FILL_HASH, Rng, TWICE_PLUS_ONE, assert_close, fill_hash, gpu_or_skip};
-use ferry_gpu::{HostRegistration, LaunchConfig, ManagedBuffer, MappedHostBuffer};
+use ferry_gpu::{
+    GpuError, HostRegistration, Kernel, LaunchConfig, ManagedBuffer, MappedHostBuffer, Stream,
+    VmmHostBuffer,
+};
 
 fn assert_send_sync<T: Send + Sync>() {}
+
+/// Runs `fill_hash` over `n` u32 at `dptr` on `stream` and waits for it.
+///
+/// # Safety
+/// `dptr..dptr+4n` is device-writable memory that stays valid and that the host does not
+/// touch until this returns.
+unsafe fn fill_and_wait(fill: &Kernel, stream: &Stream, dptr: u64, n: usize, seed: u32) {
+    let n64 = n as u64;
+    // SAFETY: (unsigned*, u64, unsigned) matches the kernel, which writes n u32 from dptr:
+    // the caller's contract.
+    unsafe {
+        fill.launch_builder(stream)
+            .arg(&dptr)
+            .arg(&n64)
+            .arg(&seed)
+            .launch(LaunchConfig::for_num_elems(n as u32))
+            .unwrap();
+    }
+    stream.synchronize().unwrap();
+}
 
 #[test]
 fn buffers_are_send_and_sync() {
     assert_send_sync::<MappedHostBuffer>();
+    assert_send_sync::<VmmHostBuffer>();
     assert_send_sync::<HostRegistration<'static>>();
     assert_send_sync::<ManagedBuffer<f32>>();
     assert_send_sync::<ferry_gpu::DeviceBuffer<f32>>();
@@ -34,19 +58,8 @@ fn kernel_writes_mapped_buffer_and_host_sees_it() {
         assert!(mapped.as_slice().iter().all(|&b| b == 0), "not zero-filled");
         assert_eq!(mapped.host_ptr() as usize % 4096, 0, "not page-aligned");
         assert_ne!(mapped.device_ptr(), 0);
-        let (dptr, n64) = (mapped.device_ptr(), n as u64);
-        // SAFETY: (unsigned*, u64, unsigned) matches; the kernel writes n u32 inside the
-        // mapping, which lives until after the synchronize below; the host does not touch it
-        // meanwhile.
-        unsafe {
-            fill.launch_builder(&stream)
-                .arg(&dptr)
-                .arg(&n64)
-                .arg(&seed)
-                .launch(LaunchConfig::for_num_elems(n as u32))
-                .unwrap();
-        }
-        stream.synchronize().unwrap();
+        // SAFETY: the mapping holds n u32 and lives past the call; the host leaves it alone.
+        unsafe { fill_and_wait(&fill, &stream, mapped.device_ptr(), n, seed) };
         let got = mapped.as_typed::<u32>();
         assert_eq!(got.len(), n);
         for (i, v) in got.iter().enumerate() {
@@ -56,6 +69,37 @@ fn kernel_writes_mapped_buffer_and_host_sees_it() {
         mapped.as_typed_mut::<u32>().fill(7);
         assert!(mapped.as_typed::<u32>().iter().all(|&v| v == 7));
     }
+    assert!(gpu.take_drop_errors().is_empty());
+}
+
+#[test]
+fn kernel_writes_vmm_host_buffer_and_host_sees_it() {
+    let Some(gpu) = gpu_or_skip("kernel_writes_vmm_host_buffer_and_host_sees_it") else {
+        return;
+    };
+    let fill = gpu.kernel(FILL_HASH, "fill_hash").unwrap();
+    let stream = gpu.new_stream().unwrap();
+    let gran = VmmHostBuffer::granularity(&gpu, 0).unwrap();
+    // One element, and a length just past one granule (the mapping rounds up).
+    for n in [1usize, gran / 4 + 5] {
+        let seed = 0x5eed ^ n as u32;
+        let mut buf = VmmHostBuffer::new(&gpu, n * 4, 0).unwrap();
+        assert_eq!(buf.len(), n * 4);
+        assert!(buf.as_slice().iter().all(|&b| b == 0), "not zero-filled");
+        assert_eq!(buf.host_ptr() as u64, buf.device_ptr());
+        // SAFETY: the buffer holds n u32 and lives past the call; the host leaves it alone.
+        unsafe { fill_and_wait(&fill, &stream, buf.device_ptr(), n, seed) };
+        for (i, w) in buf.as_slice().chunks_exact(4).enumerate() {
+            let v = u32::from_ne_bytes(w.try_into().unwrap());
+            assert_eq!(v, fill_hash(i, seed), "element {i} of {n}");
+        }
+        buf.as_mut_slice().fill(7);
+        assert!(buf.as_slice().iter().all(|&b| b == 7));
+    }
+    assert!(matches!(
+        VmmHostBuffer::new(&gpu, 0, 0),
+        Err(GpuError::InvalidArgument { .. })
+    ));
     assert!(gpu.take_drop_errors().is_empty());
 }
 

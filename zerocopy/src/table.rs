@@ -1,7 +1,8 @@
 //! [`HostTable`]: a feature table of `rows x row_bytes` in pinned, device-mapped host memory,
 //! and [`TableView`], the borrowed window of it that the gathers read.
 //!
-//! A table is either allocated by the driver ([`HostTable::alloc`], `cuMemHostAlloc`) or made
+//! A table is either allocated by the driver ([`HostTable::alloc`], `cuMemHostAlloc`;
+//! [`HostTable::alloc_vmm`], `cuMemCreate` on a host NUMA node, mapped with large GPU pages) or made
 //! of memory that already exists and is pinned in place ([`HostTable::register`] over a `Vec`,
 //! [`HostTable::map_file`] over a private `mmap` of a file, [`HostTable::create_shared`] /
 //! [`HostTable::open_shared`] over a shared `mmap` that several processes map, all
@@ -19,7 +20,7 @@
 use std::any::Any;
 use std::path::Path;
 
-use ferry_gpu::{Gpu, HostRegistration, MappedHostBuffer, Plain};
+use ferry_gpu::{Gpu, HostRegistration, MappedHostBuffer, Plain, VmmHostBuffer};
 use rayon::prelude::*;
 
 use crate::error::{Result, ZeroCopyError, invalid};
@@ -29,6 +30,8 @@ use crate::numa::{NumaPlacement, gpu_numa_node, prefer_node_for_range, with_pref
 enum Storage {
     /// Allocated pinned and mapped by the driver.
     Mapped(MappedHostBuffer),
+    /// Allocated on a host NUMA node through the virtual memory management API.
+    Vmm(VmmHostBuffer),
     /// Pinned in place; `reg` is declared first so it is unregistered before `owner` frees.
     Registered {
         reg: HostRegistration<'static>,
@@ -56,6 +59,7 @@ impl std::fmt::Debug for HostTable {
                 "storage",
                 &match self.storage {
                     Storage::Mapped(_) => "mapped",
+                    Storage::Vmm(_) => "vmm",
                     Storage::Registered { .. } => "registered",
                 },
             )
@@ -92,6 +96,35 @@ impl HostTable {
         })?;
         Ok(HostTable {
             storage: Storage::Mapped(buf),
+            rows,
+            row_bytes,
+            placement,
+        })
+    }
+
+    /// Allocates a zero-filled table of `rows x row_bytes` pinned bytes on the NUMA node
+    /// nearest the GPU through CUDA's virtual memory management API (`cuMemCreate` with a host
+    /// location, mapped for the CPU and every GPU at one address; CUDA 12.2 or newer). Its
+    /// 2 MiB allocation granularity lets the driver map the table with large GPU pages, which
+    /// widens the GPU's address-translation reach for random rows over large tables (see
+    /// bench/RESULTS.md for what it measured).
+    pub fn alloc_vmm(gpu: &Gpu, rows: usize, row_bytes: usize) -> Result<Self> {
+        let bytes = table_bytes(rows, row_bytes)?;
+        if bytes == 0 {
+            return Self::alloc(gpu, rows, row_bytes);
+        }
+        let placement = gpu_numa_node(gpu.ordinal());
+        let node = match placement {
+            NumaPlacement::Node(n) => n as usize,
+            _ => 0,
+        };
+        let buf = VmmHostBuffer::new(gpu, bytes, node).map_err(|source| ZeroCopyError::Pin {
+            bytes,
+            how: "cuMemCreate (host NUMA)",
+            source,
+        })?;
+        Ok(HostTable {
+            storage: Storage::Vmm(buf),
             rows,
             row_bytes,
             placement,
@@ -371,6 +404,7 @@ impl HostTable {
     pub fn device_ptr(&self) -> u64 {
         match &self.storage {
             Storage::Mapped(b) => b.device_ptr(),
+            Storage::Vmm(b) => b.device_ptr(),
             Storage::Registered { reg, .. } => reg.device_ptr(),
         }
     }
@@ -379,6 +413,7 @@ impl HostTable {
     pub fn as_bytes(&self) -> &[u8] {
         let all = match &self.storage {
             Storage::Mapped(b) => b.as_slice(),
+            Storage::Vmm(b) => b.as_slice(),
             Storage::Registered { reg, .. } => reg.as_slice(),
         };
         &all[..self.len_bytes()]
@@ -389,6 +424,7 @@ impl HostTable {
         let len = self.len_bytes();
         let all = match &mut self.storage {
             Storage::Mapped(b) => b.as_mut_slice(),
+            Storage::Vmm(b) => b.as_mut_slice(),
             Storage::Registered { reg, .. } => reg.as_mut_slice(),
         };
         &mut all[..len]

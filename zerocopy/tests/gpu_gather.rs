@@ -330,6 +330,36 @@ fn file_and_anonymous_tables_gather_like_allocated() {
 }
 
 #[test]
+fn vmm_table_gathers_like_allocated() {
+    let Some(gpu) = gpu_or_skip("vmm_table_gathers_like_allocated") else {
+        return;
+    };
+    // 3 MiB + a bit: more than one 2 MiB granule, not a multiple of it.
+    let mut table = HostTable::alloc_vmm(&gpu, 6151, 512).unwrap();
+    assert!(table.as_bytes().iter().all(|&b| b == 0), "not zero-filled");
+    assert!(format!("{table:?}").contains("vmm"));
+    table.fill_pattern(23);
+    for options in [
+        GatherOptions::default(),
+        GatherOptions {
+            bucket: false,
+            ..Default::default()
+        },
+    ] {
+        check::<i32>(&gpu, &table, 0, 512, options, 29);
+        check::<i64>(&gpu, &table, 64, 100, options, 31);
+    }
+    // The last row, next to the rounded-up tail of the mapping.
+    let n = 4096usize;
+    let mut idx: Vec<i64> = (0..n as i64).map(|i| (i * 37) % 6151).collect();
+    idx[0] = 6150;
+    let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(n * 512).unwrap();
+    g.gather(table.view(), &idx, &mut out).unwrap();
+    assert_eq!(&out.clone_dtoh().unwrap()[..512], table.row(6150));
+}
+
+#[test]
 fn bucketed_gather_matches_reference() {
     let Some(gpu) = gpu_or_skip("bucketed_gather_matches_reference") else {
         return;
