@@ -55,6 +55,7 @@ mod layout;
 mod pack;
 #[cfg(test)]
 mod reference;
+mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -63,3 +64,4 @@ pub use crate::commit::Committed;
 pub use crate::error::{PackError, TypeError};
 pub use crate::ir::Type;
 pub use crate::layout::{Block, Layout, Level};
+pub use crate::stream::{StreamThresholds, set_stream_thresholds, stream_thresholds};

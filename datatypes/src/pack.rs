@@ -25,6 +25,10 @@
 //! lengths span several classes branch per block on the length. On x86-64 CPUs with AVX2
 //! the whole-repetition loops run in a second instantiation that moves 32 bytes per
 //! instruction.
+//! In calls that move more bytes than the process's [`crate::StreamThresholds`], blocks of
+//! 256 bytes and more write their whole cache lines with streaming stores (`stream.rs`),
+//! which skip the read-for-ownership of lines about to leave the cache; by default only
+//! unpacking does.
 //!
 //! Where the engine cannot beat a plain per-block `memcpy` (the loop MPI libraries run):
 //! blocks of 64 bytes and more whose strided source does not fit in cache are bound by
@@ -38,6 +42,7 @@ use std::ptr;
 use crate::commit::{Committed, INLINE_LEVELS, Plan};
 use crate::error::PackError;
 use crate::layout::Level;
+use crate::stream;
 
 impl Committed {
     /// Packs `count` elements whose buffer starts at `src[origin]` into `out`
@@ -70,20 +75,27 @@ impl Committed {
         first_byte: usize,
         out: &mut [u8],
     ) -> Result<usize, PackError> {
-        self.check_range(count, first_byte, out.len())?;
-        self.check_footprint(src.len(), origin, count)?;
-        // SAFETY: the footprint check proved that every byte `count` elements touch,
-        // `origin + lo .. origin + hi`, lies inside `src`; `out` holds exactly the `len`
-        // bytes written; a shared and an exclusive slice never overlap.
-        unsafe {
-            self.pack_raw(
-                src.as_ptr().wrapping_add(origin),
-                count,
-                out.as_mut_ptr(),
-                first_byte,
-                out.len(),
-            )
-        }
+        let threshold = stream::stream_thresholds().pack;
+        self.pack_range_with(src, origin, count, first_byte, out, threshold)
+    }
+
+    /// [`Committed::pack_range`], streaming long blocks from `threshold` bytes.
+    pub(crate) fn pack_range_with(
+        &self,
+        src: &[u8],
+        origin: usize,
+        count: usize,
+        first_byte: usize,
+        out: &mut [u8],
+        threshold: usize,
+    ) -> Result<usize, PackError> {
+        let (mem, packed) = (
+            (src.as_ptr().cast_mut(), src.len()),
+            (out.as_mut_ptr(), out.len()),
+        );
+        // SAFETY: both come from slices, a shared and an exclusive one, which never overlap;
+        // `PACK = true` only reads `src`.
+        unsafe { self.checked_transfer::<true>(mem, origin, count, packed, first_byte, threshold) }
     }
 
     /// Unpacks `count` elements from `packed` into the buffer at `dst[origin]`
@@ -117,18 +129,51 @@ impl Committed {
         count: usize,
         first_byte: usize,
     ) -> Result<usize, PackError> {
-        self.check_range(count, first_byte, packed.len())?;
-        self.check_footprint(dst.len(), origin, count)?;
-        // SAFETY: as in `pack_range`, with `dst` written and `packed` read.
-        unsafe {
-            self.unpack_raw(
-                packed.as_ptr(),
-                count,
-                dst.as_mut_ptr().wrapping_add(origin),
-                first_byte,
-                packed.len(),
-            )
-        }
+        let threshold = stream::stream_thresholds().unpack;
+        self.unpack_range_with(packed, dst, origin, count, first_byte, threshold)
+    }
+
+    /// [`Committed::unpack_range`], streaming long blocks from `threshold` bytes.
+    pub(crate) fn unpack_range_with(
+        &self,
+        packed: &[u8],
+        dst: &mut [u8],
+        origin: usize,
+        count: usize,
+        first_byte: usize,
+        threshold: usize,
+    ) -> Result<usize, PackError> {
+        let (mem, packed) = (
+            (dst.as_mut_ptr(), dst.len()),
+            (packed.as_ptr().cast_mut(), packed.len()),
+        );
+        // SAFETY: as in `pack_range_with`; `PACK = false` only reads `packed`.
+        unsafe { self.checked_transfer::<false>(mem, origin, count, packed, first_byte, threshold) }
+    }
+
+    /// The body of the slice APIs: checks the range and that the footprint of `count`
+    /// elements at `mem.0 + origin` lies inside the `mem.1` bytes at `mem.0`, then transfers
+    /// the `packed.1` bytes at `packed.0`.
+    ///
+    /// # Safety
+    /// `mem` and `packed` are valid (for reads on the side `PACK` reads, for writes on the
+    /// other) for their lengths and do not overlap.
+    unsafe fn checked_transfer<const PACK: bool>(
+        &self,
+        mem: (*mut u8, usize),
+        origin: usize,
+        count: usize,
+        packed: (*mut u8, usize),
+        first_byte: usize,
+        threshold: usize,
+    ) -> Result<usize, PackError> {
+        self.check_range(count, first_byte, packed.1)?;
+        self.check_footprint(mem.1, origin, count)?;
+        let at = mem.0.wrapping_add(origin);
+        // SAFETY: the footprint check proved that every byte `count` elements touch,
+        // `origin + lo .. origin + hi`, lies inside `mem`; `packed` holds exactly the bytes
+        // of the range; the caller vouches for the rest.
+        unsafe { self.transfer_raw::<PACK>(at, count, packed.0, first_byte, packed.1, threshold) }
     }
 
     /// Packs bytes `[first_byte, first_byte + len)` of the packed stream of `count` elements
@@ -146,12 +191,10 @@ impl Committed {
         first_byte: usize,
         len: usize,
     ) -> Result<usize, PackError> {
-        self.check_range(count, first_byte, len)?;
-        let plan = self.plan(count);
-        // SAFETY: the caller guarantees the memory contract; the range is inside the stream.
-        // The source is only read: `PACK = true` copies from `mem` to `packed`.
-        unsafe { run::<true>(&plan, src.cast_mut(), out, first_byte, len) };
-        Ok(len)
+        let threshold = stream::stream_thresholds().pack;
+        // SAFETY: the caller's contract; the source is only read: `PACK = true` copies from
+        // `mem` to `packed`.
+        unsafe { self.transfer_raw::<true>(src.cast_mut(), count, out, first_byte, len, threshold) }
     }
 
     /// Unpacks `len` packed bytes at `packed`, which are bytes
@@ -170,11 +213,41 @@ impl Committed {
         first_byte: usize,
         len: usize,
     ) -> Result<usize, PackError> {
+        let threshold = stream::stream_thresholds().unpack;
+        // SAFETY: the caller's contract; the packed buffer is only read: `PACK = false` copies
+        // from `packed` to `mem`.
+        unsafe {
+            self.transfer_raw::<false>(dst, count, packed.cast_mut(), first_byte, len, threshold)
+        }
+    }
+
+    /// Copies bytes `[first_byte, first_byte + len)` of the packed stream of `count` elements
+    /// between the buffer at `mem` and `packed`, in the direction `PACK` names; long blocks
+    /// take streaming stores when `len` reaches `threshold` (see [`crate::stream`]).
+    ///
+    /// # Safety
+    /// As for [`Committed::pack_raw`] (`PACK`) or [`Committed::unpack_raw`]; the side that
+    /// is read is never written.
+    unsafe fn transfer_raw<const PACK: bool>(
+        &self,
+        mem: *mut u8,
+        count: usize,
+        packed: *mut u8,
+        first_byte: usize,
+        len: usize,
+        threshold: usize,
+    ) -> Result<usize, PackError> {
         self.check_range(count, first_byte, len)?;
-        let plan = self.plan(count);
+        let mut plan = self.plan(count);
+        let streaming = len >= threshold && plan.width == Width::Long;
+        if streaming {
+            plan.width = Width::LongStream;
+        }
         // SAFETY: the caller guarantees the memory contract; the range is inside the stream.
-        // The packed buffer is only read: `PACK = false` copies from `packed` to `mem`.
-        unsafe { run::<false>(&plan, dst, packed.cast_mut(), first_byte, len) };
+        unsafe { run::<PACK>(&plan, mem, packed, first_byte, len) };
+        if streaming {
+            stream::fence();
+        }
         Ok(len)
     }
 
@@ -262,6 +335,18 @@ impl Copier for Memcpy {
     }
 }
 
+/// Long blocks written to memory that leaves the cache: the lines wholly inside a block take
+/// streaming stores, the partial lines at its ends ordinary ones (see [`crate::stream`]).
+struct StreamLong;
+
+impl Copier for StreamLong {
+    #[inline(always)]
+    unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: the caller guarantees both ranges are valid and disjoint.
+        unsafe { stream::copy_inner_lines(dst, src, len) }
+    }
+}
+
 /// Any length, branching on it per block (block lists whose lengths span several classes,
 /// and partial repetitions).
 struct AnyLen;
@@ -321,6 +406,10 @@ pub(crate) enum Width {
     Chunks64,
     /// [`LONG`] bytes or more: `memcpy`.
     Long,
+    /// [`LONG`] bytes or more, written with streaming stores ([`StreamLong`]); chosen per
+    /// call for large outputs (`plan_streaming`), never by [`Width::of`] or
+    /// [`Width::covering`].
+    LongStream,
     /// Mixed lengths: [`AnyLen`].
     Any,
 }
@@ -435,6 +524,10 @@ macro_rules! with_copier {
             }
             Width::Long => {
                 type $c = Memcpy;
+                $body
+            }
+            Width::LongStream => {
+                type $c = StreamLong;
                 $body
             }
             Width::Any => {
@@ -967,7 +1060,9 @@ impl<'p> Odometer<'p> {
 
 #[cfg(test)]
 mod tests {
-    use super::{AnyLen, Chunks, Copier, Fixed, Memcpy, Pair, Width, is_transposed_grid};
+    use super::{
+        AnyLen, Chunks, Copier, Fixed, Memcpy, Pair, StreamLong, Width, is_transposed_grid,
+    };
     use crate::commit::INLINE_LEVELS;
     use crate::error::PackError;
     use crate::ir::Type;

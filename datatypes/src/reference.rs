@@ -348,31 +348,45 @@ fn check_pack(c: &Case) -> Result<(), TestCaseError> {
         .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
     prop_assert_eq!(n, want.len());
     prop_assert!(out == want, "packed bytes differ\n{}", why());
+    // Again with every long block written by streaming stores.
+    out.fill(POISON);
+    c.committed
+        .pack_range_with(&c.src, c.origin, c.count, 0, &mut out, 0)
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
+    prop_assert!(out == want, "streamed packed bytes differ\n{}", why());
     Ok(())
 }
 
 fn check_unpack(c: &Case) -> Result<(), TestCaseError> {
     let why = || format!("recipe {}\nlayout {}", c.recipe, c.committed.layout());
     let packed = reference_pack(c);
-    let mut dst = vec![POISON; c.src.len()];
-    c.committed
-        .unpack(&packed, &mut dst, c.origin, c.count)
-        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
     let mut covered = vec![false; c.src.len()];
     for &(off, len) in &c.pieces {
         let at = (c.origin as isize + off) as usize;
         covered[at..at + len].fill(true);
     }
-    for i in 0..dst.len() {
-        let want = if covered[i] { c.src[i] } else { POISON };
-        prop_assert_eq!(
-            dst[i],
-            want,
-            "byte {} (covered: {})\n{}",
-            i,
-            covered[i],
-            why()
-        );
+    // With the default thresholds, then with every long block written by streaming stores.
+    for threshold in [None, Some(0)] {
+        let mut dst = vec![POISON; c.src.len()];
+        match threshold {
+            None => c.committed.unpack(&packed, &mut dst, c.origin, c.count),
+            Some(t) => c
+                .committed
+                .unpack_range_with(&packed, &mut dst, c.origin, c.count, 0, t),
+        }
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
+        for i in 0..dst.len() {
+            let want = if covered[i] { c.src[i] } else { POISON };
+            prop_assert_eq!(
+                dst[i],
+                want,
+                "byte {} (covered: {}, streaming from {:?})\n{}",
+                i,
+                covered[i],
+                threshold,
+                why()
+            );
+        }
     }
     Ok(())
 }
@@ -395,13 +409,15 @@ fn check_ranges(c: &Case) -> Result<(), TestCaseError> {
     cuts.sort_unstable();
     let mut joined = Vec::with_capacity(total);
     let mut pieces = vec![POISON; c.src.len()];
-    for w in cuts.windows(2) {
+    for (i, w) in cuts.windows(2).enumerate() {
         let mut seg = vec![0u8; w[1] - w[0]];
+        // Every other segment streams its long blocks.
+        let threshold = if i % 2 == 0 { usize::MAX } else { 0 };
         c.committed
-            .pack_range(&c.src, c.origin, c.count, w[0], &mut seg)
+            .pack_range_with(&c.src, c.origin, c.count, w[0], &mut seg, threshold)
             .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
         c.committed
-            .unpack_range(&seg, &mut pieces, c.origin, c.count, w[0])
+            .unpack_range_with(&seg, &mut pieces, c.origin, c.count, w[0], threshold)
             .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
         joined.extend_from_slice(&seg);
     }
@@ -461,6 +477,29 @@ fn fixed_seeds_match_the_reference() {
         let count = (seed / 5 % 6) as usize;
         if let Err(e) = check_all(&case(seed, depth, count)) {
             panic!("seed {seed} depth {depth} count {count}: {e}");
+        }
+    }
+}
+
+/// Outputs above the default streaming threshold, through the public API, so the thresholds'
+/// own decision is exercised: long blocks of several alignments and a 2-level layout.
+#[test]
+fn outputs_above_the_stream_threshold_match_the_reference() {
+    let unpack_from = crate::stream_thresholds().unpack;
+    assert!(
+        unpack_from <= 4 << 20,
+        "a case below must stream: {unpack_from}"
+    );
+    for text in [
+        "hvector(9000, 1, 1000, contiguous(600, named(1)))",
+        "subarray([130,130,1000], [128,128,300], [1,1,37], C, named(1))",
+        "hindexed([300,257], [0,700], contiguous(9000, named(1)))",
+    ] {
+        let r = Recipe::parse(text).unwrap();
+        let c = case_for(r, 1, 11);
+        assert!(reference_pack(&c).len() >= unpack_from, "{text}");
+        if let Err(e) = check_all(&c) {
+            panic!("{text}: {e}");
         }
     }
 }
