@@ -56,6 +56,14 @@ pub(crate) struct Args {
     /// Batches the pipeline measurement runs through `GatherPipeline` (0: skip it).
     #[arg(long, default_value_t = 8)]
     pipeline_batches: usize,
+    /// Also run the pipeline with this many batches gathered per pass
+    /// (`GatherPipeline::grouped`; 1: skip), held to --group-max-gib of output per slot.
+    #[arg(long, default_value_t = 1)]
+    group: usize,
+    /// Most GiB of gathered rows one pipeline slot holds when grouping (two slots are
+    /// allocated on the GPU).
+    #[arg(long, default_value_t = 2.0)]
+    group_max_gib: f64,
     /// Rows each group of lanes keeps in flight in ferry's kernel (1 to 8).
     #[arg(long, default_value_t = 4)]
     unroll: u32,
@@ -120,6 +128,14 @@ struct Record {
     /// `GatherPipeline` over `pipeline_batches` batches, wall clock with host checks and
     /// index uploads (0 when skipped).
     pipeline_gbs: f64,
+    /// Batches per pass of the grouped pipeline (1: not run).
+    pipeline_group: usize,
+    /// `GatherPipeline::grouped` with `pipeline_group` batches per pass, over at least two
+    /// groups of batches, wall clock like `pipeline_gbs` (0 when not run).
+    pipeline_grouped_gbs: f64,
+    /// pipeline_grouped_gbs / sequential SM read, and / tuned torch (when run).
+    grouped_fraction_of_sm_read: Option<f64>,
+    grouped_vs_torch: Option<f64>,
     cpu_gbs: f64,
     sm_read_gbs: f64,
     h2d_gbs: f64,
@@ -288,24 +304,26 @@ fn time_ferry(
     Ok(gbs(idx.len() * view.row_bytes(), median(times)))
 }
 
-/// Runs `batches` batches (alternating two index sets) through a `GatherPipeline`; the first
-/// pass checks every batch, the second is timed with the wall clock. GB/s of gathered rows.
+/// Runs `batches` batches (alternating two index sets) through a `GatherPipeline` that
+/// gathers `group` batches per pass; the first run checks a batch of every group, the second
+/// is timed with the wall clock. GB/s of gathered rows.
 fn time_pipeline(
     gpu: &Gpu,
     options: GatherOptions,
     view: TableView<'_>,
     sets: [&[i64]; 2],
     batches: usize,
+    group: usize,
 ) -> Result<f64, String> {
     let err = |e: ferry_zerocopy::ZeroCopyError| format!("pipeline: {e}");
     let n = sets[0].len().max(sets[1].len());
-    let mut p = GatherPipeline::<i64>::new(gpu, view, n, options).map_err(err)?;
+    let mut p = GatherPipeline::<i64>::grouped(gpu, view, n, group, options).map_err(err)?;
     let list: Vec<&[i64]> = (0..batches).map(|b| sets[b % 2]).collect();
     let mut bad = None;
-    p.run(&list, |b, out, rows| {
-        if bad.is_none() {
-            let got = out.clone_dtoh()?;
-            if let Err(e) = check_rows("pipeline", view, list[b], &got[..rows * view.row_bytes()]) {
+    p.run(&list, |b, got| {
+        // Check one batch in each group (each is a copy back to the host).
+        if bad.is_none() && b % group == 0 {
+            if let Err(e) = check_rows("pipeline", view, list[b], &got.to_host()?) {
                 bad = Some(e);
             }
         }
@@ -316,7 +334,7 @@ fn time_pipeline(
         return Err(e);
     }
     let start = Instant::now();
-    p.run(&list, |_, _, _| Ok(())).map_err(err)?;
+    p.run(&list, |_, _| Ok(())).map_err(err)?;
     let secs = start.elapsed().as_secs_f64();
     let bytes: usize = list.iter().map(|s| s.len() * view.row_bytes()).sum();
     Ok(bytes as f64 / secs / 1e9)
@@ -457,7 +475,7 @@ fn interference(
                 let mut count = 0usize;
                 let t = Instant::now();
                 let mut since = None;
-                p.run(batches, |_, _, _| {
+                p.run(batches, |_, _| {
                     count += 1;
                     if count == 2 {
                         started.store(true, Ordering::Release);
@@ -587,7 +605,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     }
 
     println!(
-        "{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
         "row_bytes",
         "dist",
         "ferry",
@@ -595,6 +613,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         "no_align",
         "w_sort",
         "pipeline",
+        "grouped",
         "cpu",
         "sm_read",
         "h2d",
@@ -634,7 +653,24 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             let ferry_unsorted = t(unsorted, "unsorted", &mut out)?;
             let pipeline = if args.pipeline_batches > 0 {
                 let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
-                time_pipeline(&gpu, default, view, [&idx, &other], args.pipeline_batches)?
+                time_pipeline(
+                    &gpu,
+                    default,
+                    view,
+                    [&idx, &other],
+                    args.pipeline_batches,
+                    1,
+                )?
+            } else {
+                0.0
+            };
+            // Batches per pass: as asked, held to --group-max-gib of rows per slot.
+            let max_group = (args.group_max_gib * (1u64 << 30) as f64 / bytes as f64) as usize;
+            let group = args.group.min(max_group).max(1);
+            let pipeline_grouped = if group > 1 {
+                let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
+                let batches = args.pipeline_batches.max(2 * group);
+                time_pipeline(&gpu, default, view, [&idx, &other], batches, group)?
             } else {
                 0.0
             };
@@ -697,6 +733,10 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
                 ferry_no_align_gbs: ferry_no_align,
                 ferry_sort_gbs: ferry_sort,
                 pipeline_gbs: pipeline,
+                pipeline_group: group,
+                pipeline_grouped_gbs: pipeline_grouped,
+                grouped_fraction_of_sm_read: (group > 1).then(|| pipeline_grouped / sm_read),
+                grouped_vs_torch: t.filter(|_| group > 1).map(|t| pipeline_grouped / t.0),
                 cpu_gbs,
                 sm_read_gbs: sm_read,
                 h2d_gbs: h2d,
@@ -708,7 +748,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             };
             let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             println!(
-                "{:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>6.3} {:>6}",
+                "{:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>6.3} {:>6}",
                 rb,
                 dist,
                 ferry,
@@ -716,6 +756,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
                 ferry_no_align,
                 ferry_sort,
                 pipeline,
+                format!("{pipeline_grouped:.2}/{group}"),
                 cpu_gbs,
                 sm_read,
                 h2d,
@@ -731,7 +772,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     println!(
         "(GB/s of gathered rows; ferry buckets indices on the GPU and that is timed; unsorted \
          without it; w_sort sorts on the host, untimed; pipeline: GatherPipeline, wall clock; \
-         of_sm = ferry / sm_read; vs_t = ferry / tuned torch)"
+         grouped: GatherPipeline::grouped, GB/s / batches per pass; of_sm = ferry / sm_read; vs_t = ferry / tuned torch)"
     );
     if !args.interference_caps.is_empty() {
         let rb = args.interference_row_bytes;

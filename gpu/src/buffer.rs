@@ -135,27 +135,34 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
         self.stream.synchronize()
     }
 
-    /// Fills `dst` with the first `dst.len()` elements; blocks until the copy is done.
-    /// Errors if `dst` is longer than the buffer.
-    pub fn copy_dtoh(&self, dst: &mut [T]) -> Result<()> {
-        if dst.len() > self.len() {
+    /// Fills `dst` with the elements from `offset` on; blocks until the copy is done.
+    /// Errors if `offset + dst.len()` is past the end of the buffer.
+    pub fn copy_dtoh_at(&self, offset: usize, dst: &mut [T]) -> Result<()> {
+        let end = offset.checked_add(dst.len()).filter(|&e| e <= self.len());
+        let Some(end) = end else {
             return Err(GpuError::InvalidArgument {
                 what: format!(
-                    "copy_dtoh of a device buffer of {} elements into {}",
-                    self.len(),
-                    dst.len()
+                    "copy_dtoh_at of elements {offset}..+{} from a device buffer of {}",
+                    dst.len(),
+                    self.len()
                 ),
             });
-        }
+        };
         let Some(slice) = self.slice.as_ref().filter(|_| !dst.is_empty()) else {
             return Ok(());
         };
-        let view = slice.slice(0..dst.len());
+        let view = slice.slice(offset..end);
         self.stream
             .inner
             .memcpy_dtoh(&view, dst)
             .during("cuMemcpyDtoHAsync")?;
         self.stream.synchronize()
+    }
+
+    /// Fills `dst` with the first `dst.len()` elements; blocks until the copy is done.
+    /// Errors if `dst` is longer than the buffer.
+    pub fn copy_dtoh(&self, dst: &mut [T]) -> Result<()> {
+        self.copy_dtoh_at(0, dst)
     }
 
     /// Copies the whole buffer into a new `Vec`; blocks until the copy is done.

@@ -126,8 +126,8 @@ fn run(world: &impl Comm, rank: usize, size: usize) -> Result<String, String> {
     let mut p =
         GatherPipeline::<i64>::new(&gpu, table.view(), 3, GatherOptions::default()).map_err(es)?;
     let mut seen = Vec::new();
-    p.run([&marker[..]], |_, out, rows| {
-        seen = out.clone_dtoh()?[..rows * ROW_BYTES].to_vec();
+    p.run([&marker[..]], |_, got| {
+        seen = got.to_host()?;
         Ok(())
     })
     .map_err(es)?;

@@ -1,18 +1,28 @@
 //! [`GatherPipeline`]: batches of host indices in, device feature batches out, double-buffered
-//! so that checking and uploading batch `b + 1` and consuming batch `b - 1` overlap the gather
-//! of batch `b`.
+//! so that checking and uploading the next group of batches and consuming the previous one
+//! overlap the gather of the current one.
 //!
-//! Steps for batch `b`, in slot `b % 2` (free: its last batch was consumed one step ago):
-//! 1. Check the indices on the host (the error names the first bad one).
-//! 2. Upload them into the slot's index buffer (sorted on the host, with output positions,
-//!    when [`GatherOptions::sort`] asks; the common case uploads them as they are).
+//! A *group* is `group` consecutive batches gathered in one pass (1 by default,
+//! [`GatherPipeline::grouped`] for more). Steps for group `g`, in slot `g % 2` (free: its last
+//! group was consumed one step ago):
+//! 1. Check each batch's indices on the host (the error names the batch and the first bad
+//!    index) and append them to the group.
+//! 2. Upload the group's indices into the slot's index buffer (sorted on the host, with output
+//!    positions, when [`GatherOptions::sort`] asks; the common case uploads them as they are).
 //! 3. Queue on the pipeline's own stream: the GPU bucketing of the indices by table window
 //!    when [`GatherOptions::bucket`] is on (the default, as in [`crate::Gatherer`]), then the
 //!    gather; record an event after it.
-//! 4. Wait for batch `b - 1`'s event and hand its rows to the consumer.
+//! 4. Wait for group `g - 1`'s event and hand each of its batches to the consumer as a
+//!    [`Gathered`] window of the slot's output.
+//!
+//! Why groups: a random row costs the GPU an address translation for its 64 KiB window of the
+//! table, and the GPU resolves about 30M distinct windows a second (bench/RESULTS.md). A batch
+//! of 1M rows spread over a 32 GiB table touches about 440K windows, so it is bound by
+//! translations, not by PCIe; gathering 8 batches in one bucketed pass touches each window
+//! once for about 16 rows. The price is memory: a slot holds `group` batches of output.
 //!
 //! Every buffer (indices, bucketing scratch, output) is allocated once per slot, for
-//! `max_batch` indices.
+//! `group * max_batch` indices.
 //!
 //! Not done yet: asynchronous index uploads (ferry-gpu's copies block the host), batches of
 //! indices already on the device, more than two slots, handing batches to a consumer on
@@ -29,7 +39,7 @@ use crate::table::TableView;
 /// One buffer set of the two.
 #[derive(Debug)]
 struct Slot<I> {
-    /// Room for `max_batch` indices; the batch fills a prefix.
+    /// Room for `group * max_batch` indices; the group fills a prefix.
     idx: DeviceBuffer<I>,
     /// Output positions of host-sorted batches (with [`GatherOptions::sort`]).
     out_pos: Option<DeviceBuffer<i64>>,
@@ -38,8 +48,52 @@ struct Slot<I> {
     out: DeviceBuffer<u8>,
     bad: DeviceBuffer<u64>,
     done: Option<Event>,
+    /// The group's batches: (batch number, first row in `out`, rows).
+    members: Vec<(usize, usize, usize)>,
+}
+
+/// One gathered batch: `rows` rows of `row_bytes` bytes at byte `offset` of a pipeline slot's
+/// device buffer. Valid only inside the consumer call that receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Gathered<'a> {
+    buffer: &'a DeviceBuffer<u8>,
+    offset: usize,
     rows: usize,
-    batch: usize,
+    row_bytes: usize,
+}
+
+impl<'a> Gathered<'a> {
+    /// The slot's whole output buffer (other batches of the group share it).
+    pub fn buffer(&self) -> &'a DeviceBuffer<u8> {
+        self.buffer
+    }
+
+    /// Byte offset of this batch's first row in [`buffer`](Self::buffer).
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes in the batch: rows x row bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// Device address of the batch's first row, for the consumer's kernels.
+    pub fn device_ptr(&self) -> u64 {
+        self.buffer.device_ptr() + self.offset as u64
+    }
+
+    /// Copies the batch's rows to the host (blocking).
+    pub fn to_host(&self) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; self.len_bytes()];
+        self.buffer.copy_dtoh_at(self.offset, &mut v)?;
+        Ok(v)
+    }
 }
 
 /// A double-buffered stream of gathers from one table on its own CUDA stream.
@@ -50,23 +104,47 @@ pub struct GatherPipeline<'t, I: GatherIndex> {
     bucketing: Option<Bucketing>,
     slots: [Slot<I>; 2],
     max_batch: usize,
+    group: usize,
+    /// The group being assembled on the host.
+    staged: Vec<I>,
 }
 
 impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
-    /// A pipeline over `table` for batches of up to `max_batch` indices; allocates two output
-    /// buffers of `max_batch * row_bytes` bytes, and per slot room for `max_batch` indices
-    /// and their bucketing (or sorting) scratch.
+    /// A pipeline over `table` for batches of up to `max_batch` indices, one batch per pass;
+    /// allocates two output buffers of `max_batch * row_bytes` bytes, and per slot room for
+    /// `max_batch` indices and their bucketing (or sorting) scratch.
     pub fn new(
         gpu: &Gpu,
         table: TableView<'t>,
         max_batch: usize,
         options: GatherOptions,
     ) -> Result<Self> {
+        Self::grouped(gpu, table, max_batch, 1, options)
+    }
+
+    /// A pipeline that gathers `group` consecutive batches (of up to `max_batch` indices each)
+    /// in one bucketed pass, for tables so large that address translation bounds a single
+    /// batch (module docs); allocates two output buffers of `group * max_batch * row_bytes`
+    /// bytes. Batches still reach the consumer one by one, in order, and the last group may
+    /// be short.
+    pub fn grouped(
+        gpu: &Gpu,
+        table: TableView<'t>,
+        max_batch: usize,
+        group: usize,
+        options: GatherOptions,
+    ) -> Result<Self> {
+        if group == 0 {
+            return Err(invalid("a pipeline group holds at least one batch"));
+        }
         let stream = gpu.new_stream()?;
         let upload = gpu.new_stream()?;
-        let bytes = max_batch
+        let capacity = max_batch
+            .checked_mul(group)
+            .ok_or_else(|| invalid(format!("{group} batches of {max_batch} rows overflow")))?;
+        let bytes = capacity
             .checked_mul(table.row_bytes())
-            .ok_or_else(|| invalid(format!("batches of {max_batch} rows overflow")))?;
+            .ok_or_else(|| invalid(format!("{group} batches of {max_batch} rows overflow")))?;
         let bucketing = if options.bucket && !options.sort {
             Some(Bucketing::new::<I>(&stream, &table)?)
         } else {
@@ -76,21 +154,20 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             Ok(Slot {
                 // On the upload stream: their blocking copies then wait for nothing on the
                 // pipeline's stream (the kernels that read them wait for the copies).
-                idx: upload.alloc_zeros(max_batch)?,
+                idx: upload.alloc_zeros(capacity)?,
                 out_pos: if options.sort {
-                    Some(upload.alloc_zeros(max_batch)?)
+                    Some(upload.alloc_zeros(capacity)?)
                 } else {
                     None
                 },
                 buckets: match &bucketing {
-                    Some(b) => Some(b.scratch(&stream, max_batch)?),
+                    Some(b) => Some(b.scratch(&stream, capacity)?),
                     None => None,
                 },
                 out: stream.alloc_zeros(bytes)?,
                 bad: upload.clone_htod(&[u64::MAX])?,
                 done: None,
-                rows: 0,
-                batch: 0,
+                members: Vec::with_capacity(group),
             })
         };
         Ok(GatherPipeline {
@@ -99,7 +176,14 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             slots: [slot()?, slot()?],
             bucketing,
             max_batch,
+            group,
+            staged: Vec::with_capacity(capacity),
         })
+    }
+
+    /// Batches gathered per pass.
+    pub fn group(&self) -> usize {
+        self.group
     }
 
     /// The stream the gathers run on.
@@ -107,17 +191,21 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
         &self.launcher.stream
     }
 
-    /// Gathers every batch in order and calls `consume(batch_number, out, rows)` for each,
-    /// where the first `rows * row_bytes` bytes of `out` hold the batch. `consume` must be
-    /// done with `out` when it returns (work it queues on other streams must be finished or
-    /// use tracked launches), because the buffer is refilled two batches later.
+    /// Gathers every batch in order and calls `consume(batch_number, &gathered)` for each,
+    /// where [`Gathered`] locates the batch's rows on the device. `consume` must be done with
+    /// them when it returns (work it queues on other streams must be finished or use tracked
+    /// launches), because the buffer is refilled two groups later.
     pub fn run<B, F>(&mut self, batches: B, mut consume: F) -> Result<()>
     where
         B: IntoIterator,
         B::Item: AsRef<[I]>,
-        F: FnMut(usize, &DeviceBuffer<u8>, usize) -> Result<()>,
+        F: FnMut(usize, &Gathered<'_>) -> Result<()>,
     {
         let outcome = self.run_inner(batches, &mut consume);
+        self.staged.clear();
+        for slot in &mut self.slots {
+            slot.members.clear();
+        }
         if outcome.is_err() {
             // Leave no kernel running past an error; the first error is the one to report.
             let _ = self.launcher.stream.synchronize();
@@ -129,10 +217,13 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
     where
         B: IntoIterator,
         B::Item: AsRef<[I]>,
-        F: FnMut(usize, &DeviceBuffer<u8>, usize) -> Result<()>,
+        F: FnMut(usize, &Gathered<'_>) -> Result<()>,
     {
         let mut pending: Option<usize> = None;
-        for (b, batch) in batches.into_iter().enumerate() {
+        let mut groups = 0usize;
+        let mut members: Vec<(usize, usize, usize)> = Vec::with_capacity(self.group);
+        let mut batches = batches.into_iter().enumerate().peekable();
+        while let Some((b, batch)) = batches.next() {
             let idx = batch.as_ref();
             if idx.len() > self.max_batch {
                 return Err(invalid(format!(
@@ -141,73 +232,104 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
                     self.max_batch
                 )));
             }
-            validate_indices(idx, self.table.rows())?;
-            let s = b % 2;
-            let n = idx.len();
-            let slot = &mut self.slots[s];
-            // The slot's last gather finished (its event was waited for) one step ago, so its
-            // buffers are free; each copy below blocks until done.
-            match &mut slot.out_pos {
-                Some(out_pos) => {
-                    let (sorted, positions) = sort_with_positions(idx);
-                    slot.idx.copy_htod(&sorted)?;
-                    out_pos.copy_htod(&positions)?;
-                }
-                None => slot.idx.copy_htod(idx)?,
+            validate_indices(idx, self.table.rows())
+                .map_err(|e| invalid(format!("batch {b}: {e}")))?;
+            members.push((b, self.staged.len(), idx.len()));
+            self.staged.extend_from_slice(idx);
+            if members.len() < self.group && batches.peek().is_some() {
+                continue;
             }
-            slot.bad.copy_htod(&[u64::MAX])?;
-            let stream = &self.launcher.stream;
-            let (gather_idx, gather_pos) = match (&self.bucketing, &mut slot.buckets) {
-                (Some(bucketing), Some(scratch)) => {
-                    bucketing.enqueue(stream, &slot.idx, n, scratch)?;
-                    (&scratch.sorted, Some(&scratch.pos))
-                }
-                _ => (&slot.idx, slot.out_pos.as_ref()),
-            };
-            // SAFETY: the table is borrowed for 't, beyond the pipeline, whose `Drop` and error
-            // path synchronize the stream; the host reads `out` and `bad` only after the
-            // slot's `done` event has completed, and rewrites the slot's buffers only after that.
-            unsafe {
-                self.launcher.enqueue(
-                    self.table,
-                    gather_idx,
-                    n,
-                    gather_pos,
-                    &mut slot.out,
-                    &mut slot.bad,
-                )
-            }?;
-            slot.done = Some(self.launcher.stream.record_event()?);
-            slot.rows = idx.len();
-            slot.batch = b;
+            let s = groups % 2;
+            groups += 1;
+            self.launch(s, std::mem::take(&mut members))?;
+            members = Vec::with_capacity(self.group);
+            self.staged.clear();
             if let Some(p) = pending {
-                finish(&self.slots[p], consume)?;
+                finish(&mut self.slots[p], self.table.row_bytes(), consume)?;
             }
             pending = Some(s);
         }
         if let Some(p) = pending {
-            finish(&self.slots[p], consume)?;
+            finish(&mut self.slots[p], self.table.row_bytes(), consume)?;
         }
+        Ok(())
+    }
+
+    /// Uploads the staged group into slot `s` and queues its bucketing and gather.
+    fn launch(&mut self, s: usize, members: Vec<(usize, usize, usize)>) -> Result<()> {
+        let idx = &self.staged[..];
+        let n = idx.len();
+        let slot = &mut self.slots[s];
+        // The slot's last gather finished (its event was waited for) one step ago, so its
+        // buffers are free; each copy below blocks until done.
+        match &mut slot.out_pos {
+            Some(out_pos) => {
+                let (sorted, positions) = sort_with_positions(idx);
+                slot.idx.copy_htod(&sorted)?;
+                out_pos.copy_htod(&positions)?;
+            }
+            None => slot.idx.copy_htod(idx)?,
+        }
+        slot.bad.copy_htod(&[u64::MAX])?;
+        let stream = &self.launcher.stream;
+        let (gather_idx, gather_pos) = match (&self.bucketing, &mut slot.buckets) {
+            (Some(bucketing), Some(scratch)) => {
+                bucketing.enqueue(stream, &slot.idx, n, scratch)?;
+                (&scratch.sorted, Some(&scratch.pos))
+            }
+            _ => (&slot.idx, slot.out_pos.as_ref()),
+        };
+        // SAFETY: the table is borrowed for 't, beyond the pipeline, whose `Drop` and error
+        // path synchronize the stream; the host reads `out` and `bad` only after the slot's
+        // `done` event has completed, and rewrites the slot's buffers only after that.
+        unsafe {
+            self.launcher.enqueue(
+                self.table,
+                gather_idx,
+                n,
+                gather_pos,
+                &mut slot.out,
+                &mut slot.bad,
+            )
+        }?;
+        slot.done = Some(self.launcher.stream.record_event()?);
+        slot.members = members;
         Ok(())
     }
 }
 
-/// Waits for a slot's gather, checks its flag and hands it to the consumer.
-fn finish<I, F>(slot: &Slot<I>, consume: &mut F) -> Result<()>
+/// Waits for a slot's gather, checks its flag and hands each batch to the consumer.
+fn finish<I, F>(slot: &mut Slot<I>, row_bytes: usize, consume: &mut F) -> Result<()>
 where
-    F: FnMut(usize, &DeviceBuffer<u8>, usize) -> Result<()>,
+    F: FnMut(usize, &Gathered<'_>) -> Result<()>,
 {
-    if let Some(done) = &slot.done {
+    if let Some(done) = slot.done.take() {
         done.synchronize()?;
     }
+    let members = std::mem::take(&mut slot.members);
     let flag = slot.bad.clone_dtoh()?[0];
     if flag != u64::MAX {
-        return Err(invalid(format!(
-            "the gather kernel flagged position {flag} of batch {} after host validation passed",
-            slot.batch
-        )));
+        let at = members
+            .iter()
+            .find(|&&(_, first, rows)| (first..first + rows).contains(&(flag as usize)));
+        return Err(invalid(match at {
+            Some(&(b, first, _)) => format!(
+                "the gather kernel flagged position {} of batch {b} after host validation passed",
+                flag as usize - first
+            ),
+            None => format!("the gather kernel flagged position {flag} of a group"),
+        }));
     }
-    consume(slot.batch, &slot.out, slot.rows)
+    for (b, first, rows) in members {
+        let gathered = Gathered {
+            buffer: &slot.out,
+            offset: first * row_bytes,
+            rows,
+            row_bytes,
+        };
+        consume(b, &gathered)?;
+    }
+    Ok(())
 }
 
 impl<I: GatherIndex> Drop for GatherPipeline<'_, I> {

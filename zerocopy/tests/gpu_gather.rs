@@ -279,17 +279,22 @@ fn pipeline_delivers_every_batch_in_order() {
             ..Default::default()
         },
     ];
-    for options in variants {
-        let sort = (options.sort, options.bucket);
-        let mut p = GatherPipeline::new(&gpu, table.view(), 1000, options).unwrap();
+    // One batch per pass, and groups of 3 (7 batches: groups of 3, 3 and a short 1).
+    for (options, group) in variants.iter().flat_map(|&o| [(o, 1), (o, 3)]) {
+        let sort = (options.sort, options.bucket, group);
+        let mut p = GatherPipeline::grouped(&gpu, table.view(), 1000, group, options).unwrap();
+        assert_eq!(p.group(), group);
         let mut seen = Vec::new();
-        p.run(&batches, |b, out, rows| {
-            let got = out.clone_dtoh().unwrap();
-            assert_eq!(rows, batches[b].len());
+        p.run(&batches, |b, got| {
+            assert_eq!(got.rows(), batches[b].len());
+            assert_eq!(got.len_bytes(), batches[b].len() * 384);
+            let first_of_group = b - b % group;
+            let before: usize = batches[first_of_group..b].iter().map(Vec::len).sum();
+            assert_eq!(got.offset(), before * 384, "batch {b} group {group}");
             assert_eq!(
-                got[..rows * 384],
-                reference(table.view(), &batches[b])[..],
-                "batch {b} (sort, bucket) {sort:?}"
+                got.to_host()?,
+                reference(table.view(), &batches[b]),
+                "batch {b} (sort, bucket, group) {sort:?}"
             );
             seen.push(b);
             Ok(())
@@ -297,12 +302,22 @@ fn pipeline_delivers_every_batch_in_order() {
         .unwrap();
         assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6]);
         let bad = vec![vec![1i32, 2], vec![3, 5000]];
-        let err = p.run(&bad, |_, _, _| Ok(())).unwrap_err();
+        let err = p.run(&bad, |_, _| Ok(())).unwrap_err();
         assert!(
-            err.to_string().contains("index 5000 at position 1"),
+            err.to_string().contains("batch 1")
+                && err.to_string().contains("index 5000 at position 1"),
             "{err}"
         );
+        // The pipeline is usable again after the error, from batch 0.
+        let mut again = Vec::new();
+        p.run(&batches[..2], |b, _| {
+            again.push(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(again, [0, 1]);
     }
+    assert!(GatherPipeline::<i32>::grouped(&gpu, table.view(), 1000, 0, variants[0]).is_err());
 }
 
 #[test]
@@ -435,9 +450,9 @@ fn one_table_serves_a_gatherer_per_gpu() {
                     (0..4).map(|_| indices(&mut rng, 3000, 20_000)).collect();
                 let mut p = GatherPipeline::new(&g, view, 3000, GatherOptions::default()).unwrap();
                 let mut seen = 0;
-                p.run(&batches, |b, out, rows| {
+                p.run(&batches, |b, got| {
                     assert!(
-                        out.clone_dtoh()?[..rows * 256] == reference(view, &batches[b])[..],
+                        got.to_host()? == reference(view, &batches[b]),
                         "GPU {ordinal}, batch {b}"
                     );
                     seen += 1;
