@@ -4,10 +4,12 @@
 //! NICs of known speed; two equal rails should then carry about twice one. Checks the bytes
 //! of every message before it reports, prints a table with the ratio, and one JSON line.
 //!
-//! `ferry-tcp-bench --latency [--iters 20000]` is a small-message ping-pong (8 B to 16 KiB)
-//! over one rail, beside the same ping-pong over a plain blocking `std::net::TcpStream` pair
-//! in the same process (the kernel's own loopback latency), reporting one-way microseconds and
-//! the ratio: what TcpComm's matching, framing and threads add to a message.
+//! `ferry-tcp-bench --latency [--iters 20000] [--rounds 5]` is a small-message ping-pong (8 B
+//! to 64 KiB) over one rail, beside the same ping-pong over a plain blocking
+//! `std::net::TcpStream` pair in the same process (the kernel's own loopback latency),
+//! alternating the two `--rounds` times per size (the machine is shared; one round says
+//! little), reporting the median and the minimum one-way microseconds and the ratio of the
+//! medians: what TcpComm's matching, framing and threads add to a message.
 
 use std::time::Instant;
 
@@ -18,6 +20,7 @@ fn main() {
     let mut iters = 8usize;
     let mut cap = 0.0f64;
     let mut latency = false;
+    let mut rounds = 5usize;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--latency" {
@@ -30,16 +33,17 @@ fn main() {
             "--mib" => mib = v.parse().expect("--mib N"),
             "--iters" => iters = v.parse().expect("--iters N"),
             "--cap-mbs" => cap = v.parse().expect("--cap-mbs X"),
+            "--rounds" => rounds = v.parse().expect("--rounds N"),
             _ => {
                 eprintln!(
-                    "usage: ferry-tcp-bench [--mib N] [--iters N] [--cap-mbs X] | --latency [--iters N]"
+                    "usage: ferry-tcp-bench [--mib N] [--iters N] [--cap-mbs X] | --latency [--iters N] [--rounds N]"
                 );
                 std::process::exit(2);
             }
         }
     }
     if latency {
-        return latencies(iters);
+        return latencies(iters, rounds.max(1));
     }
     let one = run("127.0.0.1", mib << 20, iters, cap);
     let two = run("127.0.0.1,127.0.0.2", mib << 20, iters, cap);
@@ -90,22 +94,41 @@ fn run(rails: &str, len: usize, iters: usize, cap: f64) -> f64 {
     (len * iters) as f64 / t / 1e9
 }
 
-/// One-way latency of `TcpComm` and of a plain TCP socket pair, per message size.
-fn latencies(iters: usize) {
-    println!("ping-pong over loopback, one rail, {iters} round trips; one-way microseconds");
+/// One-way latency of `TcpComm` and of a plain TCP socket pair, per message size, alternating
+/// the two `rounds` times.
+fn latencies(iters: usize, rounds: usize) {
     println!(
-        "{:>8} {:>12} {:>12} {:>8}",
+        "ping-pong over loopback, one rail, {iters} round trips x {rounds} rounds; one-way microseconds, median (min)"
+    );
+    println!(
+        "{:>8} {:>18} {:>18} {:>8}",
         "bytes", "TcpComm", "raw TCP", "ratio"
     );
-    for len in [8usize, 1024, 16 << 10] {
-        let ferry = tcp_comm_pingpong(len, iters);
-        let raw = raw_pingpong(len, iters);
-        println!("{len:>8} {ferry:>12.2} {raw:>12.2} {:>8.2}", ferry / raw);
+    for len in [8usize, 1024, 16 << 10, 64 << 10] {
+        let (mut ferry, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ferry.push(tcp_comm_pingpong(len, iters));
+            raw.push(raw_pingpong(len, iters));
+        }
+        let (f, fmin) = median_min(&mut ferry);
+        let (r, rmin) = median_min(&mut raw);
         println!(
-            "{{\"bench\":\"tcp-latency\",\"bytes\":{len},\"iters\":{iters},\"tcpcomm_us\":{ferry:.3},\"raw_tcp_us\":{raw:.3},\"ratio\":{:.3}}}",
-            ferry / raw
+            "{len:>8} {:>18} {:>18} {:>8.2}",
+            format!("{f:.2} ({fmin:.2})"),
+            format!("{r:.2} ({rmin:.2})"),
+            f / r
+        );
+        println!(
+            "{{\"bench\":\"tcp-latency\",\"bytes\":{len},\"iters\":{iters},\"rounds\":{rounds},\"tcpcomm_us\":{f:.3},\"tcpcomm_us_min\":{fmin:.3},\"raw_tcp_us\":{r:.3},\"raw_tcp_us_min\":{rmin:.3},\"ratio\":{:.3}}}",
+            f / r
         );
     }
+}
+
+/// The median and the minimum of `v` (not empty).
+fn median_min(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0])
 }
 
 /// One-way microseconds of a `len`-byte ping-pong between two TcpComm ranks (threads).

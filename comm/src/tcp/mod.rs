@@ -9,11 +9,31 @@
 //! each sender in the order they were sent, so MPI's matching and non-overtaking rules hold
 //! whatever order the rails deliver in (see [`engine`]).
 //!
-//! The `Comm` methods are synchronous: sends copy the bytes and hand one share per rail to that
-//! connection's writer task, then wait for the writes; receives post their buffer with the
-//! engine and sleep until a reader task completes it. Every wait is bounded by
-//! [`TcpConfig::timeout`]. Sends are eager: reader tasks always drain their sockets, so two
-//! ranks sending large messages to each other never deadlock.
+//! The `Comm` methods are synchronous. Every wait is bounded by [`TcpConfig::timeout`].
+//!
+//! *Small messages take the direct path*, as Open MPI's TCP BTL does (the calling thread does
+//! the socket I/O): on a 2-core machine each hand-off between the caller and an I/O thread
+//! costs a context switch, and those hand-offs, not the network, were most of a small message's
+//! time (see [`link`] for who may touch a socket when).
+//! - A share of at most 64 KiB whose connection has nothing queued and no injected fault is
+//!   written by the calling thread with one non-blocking `writev`; what the socket buffer does
+//!   not take goes to the connection's writer task as the rest of that frame. Every other
+//!   share (long, queued behind others, or faulted) goes to the writer task, which applies the
+//!   faults, so the fault layer still sees every byte: a link with a fault has no direct path.
+//! - A blocking receive of at most 64 KiB claims the connections its message can come on (the
+//!   source's rails; every peer's for `Source::Any`), reads them itself and sleeps in `poll(2)`
+//!   between reads, so the kernel wakes the receiving thread itself when bytes arrive; the
+//!   reader tasks of those connections stand aside meanwhile. Frames read either way go through
+//!   the same parser into the same engine, which releases each sender's messages in sequence
+//!   order, so matching and non-overtaking do not depend on which thread read what, nor on
+//!   which path or rail carried a message.
+//! - Everything else is as before: long shares go to writer tasks, long receives sleep on the
+//!   engine until a reader task completes them. Sends are eager; whenever no calling thread
+//!   reads a connection its reader task does, so sockets are always drained and two ranks
+//!   sending to each other never deadlock.
+//!
+//! Measured (`ferry-tcp-bench --latency`, loopback, 2-core VM): 8 B one way 41 -> 20-23 us
+//! against 9-11 us for a plain socket pair; see bench/RESULTS.md for the test bed.
 //!
 //! Failures are typed: a connection that closes without the peer's goodbye, or a protocol
 //! error from it, is [`Error::RailDown`] for operations with that peer; once every rail to a
@@ -21,7 +41,12 @@
 //! stalls and dropped connections per rail and peer. Every rail share of every send and
 //! receive becomes a [`crate::Record`] in [`Comm::telemetry`] (peer = world rank).
 //!
-//! Not done yet: a rail that dies is not routed around (operations with that peer fail with
+//! Not done yet: the tokio I/O thread is still woken by every arrival on a connection that a
+//! receiving thread reads itself (the socket stays registered with tokio's epoll; the reader
+//! task then only steps aside), which costs CPU though no hand-off; a receive that another
+//! thread's message to this rank completes, or that completes another way while its thread
+//! sleeps in `poll(2)`, is seen within 10 ms; non-blocking tests (`test_raw`) do not read
+//! sockets themselves. A rail that dies is not routed around (operations with that peer fail with
 //! `RailDown`; the sender would need to re-send the lost shares on a live rail); buffering of
 //! unexpected messages is bounded per message (`max_message_bytes`), not in total.
 
@@ -30,6 +55,7 @@ mod config;
 mod engine;
 mod fault;
 mod link;
+mod poll;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -48,7 +74,7 @@ pub use self::config::{
 pub use self::fault::{Fault, FaultInjector};
 
 use self::engine::{Engine, Msg, Posted, RecvBuf};
-use self::link::{Job, LinkTx, SendTicket, Share};
+use self::link::{Link, SendTicket, Share};
 use self::wire::FrameHeader;
 use crate::comm::{
     Comm, Source, Status, Tag, TagMatch, check_rail_weights, check_rank, check_source, check_tag,
@@ -61,8 +87,24 @@ use crate::telemetry::Telemetry;
 /// Tags on a communicator's internal context.
 const TAG_BARRIER: Tag = 1;
 
-/// How long a blocking receive polls for its message before it sleeps.
+/// How long a blocking receive that cannot read the sockets itself polls for its message before
+/// it sleeps.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
+
+/// Shares up to this long are written by the calling thread when their connection is idle,
+/// and receives of buffers up to this long read their peers' sockets themselves (the direct
+/// path; see the module docs).
+const DIRECT_MAX_BYTES: usize = 64 << 10;
+
+/// How long a receive on the direct path polls its sockets without sleeping (`poll(2)` with no
+/// timeout) before it sleeps in `poll(2)`: on the test bed, a sleeping receiver's wake-up was
+/// most of a small all-reduce's time (as Open MPI's busy-polling avoids), but a receiver that
+/// never sleeps takes a core from the other ranks of an oversubscribed machine.
+const DIRECT_SPIN: Duration = Duration::from_micros(50);
+
+/// The longest a receive on the direct path sleeps in `poll(2)` before it looks at the engine
+/// again (for completions that come another way: a failed writer, another thread).
+const DIRECT_POLL_SLICE: Duration = Duration::from_millis(10);
 
 /// Most bytes of eager (queued, not yet written) sends towards one peer.
 const EAGER_IN_FLIGHT_BYTES: usize = 4 << 20;
@@ -79,6 +121,9 @@ pub(crate) struct Core {
     config: TcpConfig,
     engine: Mutex<Engine>,
     cv: Condvar,
+    /// Threads asleep on `cv` (changed under the engine lock), so the reader path makes the
+    /// wake-up system call only when someone sleeps.
+    sleepers: AtomicUsize,
     telemetry: Arc<Telemetry>,
     faults: Arc<FaultInjector>,
     /// Per peer: rails closed with a goodbye, rails closed otherwise.
@@ -91,6 +136,31 @@ impl Core {
         // Engine updates complete before anything can panic inside them (all checks come
         // first), so a poisoned lock still guards a consistent engine.
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the threads asleep on the engine, if any. Call after changing the engine (and
+    /// releasing its lock): a sleeper counts itself under the lock before it sleeps, so it either
+    /// saw the change or is counted here.
+    fn notify(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
+    }
+
+    /// Sleeps on the engine's condition variable until notified or `timeout` passes.
+    fn sleep<'a>(
+        &'a self,
+        engine: MutexGuard<'a, Engine>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Engine> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let engine = self
+            .cv
+            .wait_timeout(engine, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        engine
     }
 
     fn closing(&self) -> bool {
@@ -113,7 +183,7 @@ impl Core {
                 },
             );
         }
-        self.cv.notify_all();
+        self.notify();
     }
 
     /// A connection to `peer` on `rail` failed.
@@ -135,7 +205,7 @@ impl Core {
             );
         }
         drop(engine);
-        self.cv.notify_all();
+        self.notify();
     }
 
     fn timeout(&self, what: &str) -> Error {
@@ -152,7 +222,7 @@ struct Inner {
     core: Arc<Core>,
     rt: Option<tokio::runtime::Runtime>,
     /// `links[peer][rail]`, `None` for this rank itself.
-    links: Vec<Vec<Option<LinkTx>>>,
+    links: Vec<Vec<Option<Arc<Link>>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Next message number towards each world rank.
@@ -169,10 +239,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.core.closing.store(true, Ordering::Release);
-        for row in &self.links {
-            for tx in row.iter().flatten() {
-                let _ = tx.jobs.send(Job::Bye);
-            }
+        for link in self.links.iter().flatten().flatten() {
+            link.bye();
         }
         let Some(rt) = self.rt.take() else { return };
         let readers: Vec<_> =
@@ -236,6 +304,8 @@ enum RequestKind {
     },
     Recv {
         id: u64,
+        source: Source,
+        len: usize,
     },
     Done(Option<Result<Status>>),
 }
@@ -373,13 +443,14 @@ impl TcpComm {
             rails,
             engine: Mutex::new(Engine::new(rank, size)),
             cv: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
             telemetry: Arc::new(Telemetry::new(config.telemetry_capacity)),
             faults,
             closed: Mutex::new(vec![(0, 0); size]),
             closing: AtomicBool::new(false),
             config,
         });
-        let mut links: Vec<Vec<Option<LinkTx>>> = (0..size)
+        let mut links: Vec<Vec<Option<Arc<Link>>>> = (0..size)
             .map(|_| (0..rails).map(|_| None).collect())
             .collect();
         let mut tasks = Vec::new();
@@ -391,8 +462,8 @@ impl TcpComm {
             .collect();
         conns.sort_by_key(|((p, r), _)| (*p, *r));
         for ((peer, rail), stream) in conns {
-            let (tx, w, r) = link::spawn(rt.handle(), &core, stream, peer, rail);
-            links[peer][rail] = Some(tx);
+            let (link, w, r) = link::spawn(rt.handle(), &core, stream, peer, rail)?;
+            links[peer][rail] = Some(link);
             tasks.push(w);
             readers.push(r);
         }
@@ -529,7 +600,7 @@ impl TcpComm {
                 tag,
                 data: buf.to_vec(),
             });
-            core.cv.notify_all();
+            core.notify();
             return Ok(TcpRequest(RequestKind::Done(Some(Ok(status)))));
         }
         if let Some(e) = core.engine().broken(world_dest) {
@@ -578,10 +649,8 @@ impl TcpComm {
                 peer: world_dest,
             };
             match &self.inner.links[world_dest][r] {
-                // A refused job drops the share, whose drop fails the ticket.
-                Some(tx) => {
-                    let _ = tx.jobs.send(Job::Share(share));
-                }
+                Some(link) => link.submit(core, share, n <= DIRECT_MAX_BYTES),
+                // Dropping the share fails the ticket.
                 None => drop(share),
             }
         }
@@ -605,9 +674,27 @@ impl TcpComm {
         })
     }
 
-    /// Waits for posted receive `id` until the timeout; withdraws it on expiry.
-    fn wait_recv(&self, id: u64, what: &'static str) -> Result<Status> {
+    /// Waits for posted receive `id` (from `source`, into `len` bytes) until the timeout;
+    /// withdraws it on expiry.
+    ///
+    /// 1. Completed already (an unexpected message matched at post): done.
+    /// 2. The common case, a short receive from peers whose connections no other thread is
+    ///    reading: this thread reads those sockets itself and sleeps in `poll(2)` between reads
+    ///    ([`TcpComm::read_until`]), so the kernel wakes it when bytes arrive.
+    /// 3. Otherwise (a long receive, a message to itself, another thread reading): poll the
+    ///    engine briefly, then sleep on the condition variable the reader tasks signal.
+    fn wait_recv(&self, id: u64, source: Source, len: usize, what: &'static str) -> Result<Status> {
         let core = self.core();
+        if let Some(r) = core.engine().take_completed(id) {
+            return r;
+        }
+        let deadline = Instant::now() + core.config.timeout;
+        if len <= DIRECT_MAX_BYTES
+            && let Some(driving) = self.drive(source)
+            && let Some(r) = self.read_until(&driving, id, deadline, what)
+        {
+            return r;
+        }
         // Poll briefly before sleeping: a reply to a small message usually arrives within
         // tens of microseconds, and waking a thread parked on the condition variable costs
         // about as much again. Yielding between polls lets the I/O threads run on a busy core.
@@ -621,7 +708,6 @@ impl TcpComm {
             }
             std::thread::yield_now();
         }
-        let deadline = Instant::now() + core.config.timeout;
         let mut engine = core.engine();
         loop {
             if let Some(r) = engine.take_completed(id) {
@@ -638,11 +724,93 @@ impl TcpComm {
                     None => Err(core.timeout(what)),
                 };
             }
-            engine = core
-                .cv
-                .wait_timeout(engine, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            engine = core.sleep(engine, deadline - now);
+        }
+    }
+
+    /// Claims the reading of every connection a message matching `source` can come on; `None`
+    /// when there is none (a message to itself) or another thread reads one of them.
+    fn drive(&self, source: Source) -> Option<Vec<link::Driving>> {
+        let me = self.core().world_rank;
+        let peers: Vec<usize> = match source {
+            Source::Rank(r) => vec![self.group[r]],
+            Source::Any => self.group.iter().copied().collect(),
+        };
+        let mut claimed = Vec::new();
+        for w in peers.into_iter().filter(|&w| w != me) {
+            for link in self.inner.links[w].iter().flatten() {
+                claimed.push(link.try_drive(&self.inner.core)?);
+            }
+        }
+        (!claimed.is_empty()).then_some(claimed)
+    }
+
+    /// Reads the `driving` connections on this thread until posted receive `id` completes or
+    /// `deadline` passes (then withdraws it); `None` once every one of them has ended, with the
+    /// receive still posted.
+    fn read_until(
+        &self,
+        driving: &[link::Driving],
+        id: u64,
+        deadline: Instant,
+        what: &'static str,
+    ) -> Option<Result<Status>> {
+        let core = self.core();
+        // Nothing is read before the first poll(2), which says which sockets have bytes (a
+        // read of each would cost a system call per connection; bench runs use 6 per peer).
+        let mut ready = vec![false; driving.len()];
+        let spin_until = Instant::now() + DIRECT_SPIN;
+        let (mut live, mut fds) = (Vec::new(), Vec::new());
+        loop {
+            live.clear();
+            for (d, ready) in driving.iter().zip(&ready) {
+                if *ready && !d.link().read_now(core) {
+                    continue;
+                }
+                live.push(d);
+            }
+            {
+                let mut engine = core.engine();
+                if let Some(r) = engine.take_completed(id) {
+                    return Some(r);
+                }
+                engine.fail_if_blocked_forever(id);
+                if let Some(r) = engine.take_completed(id) {
+                    return Some(r);
+                }
+                if Instant::now() >= deadline {
+                    return Some(match engine.withdraw(id) {
+                        Some(r) => r,
+                        None => Err(core.timeout(what)),
+                    });
+                }
+            }
+            if live.is_empty() {
+                return None;
+            }
+            fds.clear();
+            fds.extend(live.iter().map(|d| d.link().fd()));
+            let now = Instant::now();
+            let wait = if now < spin_until {
+                Duration::ZERO
+            } else {
+                deadline
+                    .saturating_duration_since(now)
+                    .min(DIRECT_POLL_SLICE)
+            };
+            let mut woke = Vec::new();
+            poll::wait_readable(&fds, wait, &mut woke);
+            // Links that ended are not polled again; the others are read if they woke.
+            ready.clear();
+            let mut k = 0;
+            for d in driving {
+                if k < live.len() && std::ptr::eq(live[k], d) {
+                    ready.push(woke[k]);
+                    k += 1;
+                } else {
+                    ready.push(false);
+                }
+            }
         }
     }
 
@@ -657,7 +825,7 @@ impl TcpComm {
         let id = self.post_recv(ctx, source, tag, buf.as_mut_ptr(), buf.len());
         // The buffer stays borrowed until `wait_recv` returns, which is after the receive has
         // completed or been withdrawn, so the engine never writes to it later.
-        self.wait_recv(id, what)
+        self.wait_recv(id, source, buf.len(), what)
     }
 
     fn send_ctx(&self, ctx: u64, dest: usize, tag: Tag, buf: &[u8]) -> Result<()> {
@@ -681,11 +849,7 @@ impl TcpComm {
             if now >= deadline {
                 return Err(core.timeout("probe"));
             }
-            engine = core
-                .cv
-                .wait_timeout(engine, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            engine = core.sleep(engine, deadline - now);
         }
     }
 
@@ -836,7 +1000,7 @@ impl Comm for TcpComm {
         check_source(source, self.size())?;
         check_tag_match(tag, self.tag_ub())?;
         let id = self.post_recv(self.ctx, source, tag, buf, len);
-        Ok(TcpRequest(RequestKind::Recv { id }))
+        Ok(TcpRequest(RequestKind::Recv { id, source, len }))
     }
 
     fn test_raw(&self, request: &mut TcpRequest) -> Result<Option<Status>> {
@@ -845,7 +1009,7 @@ impl Comm for TcpComm {
                 None => Ok(None),
                 Some(r) => r.map(|()| Some(*status)),
             },
-            RequestKind::Recv { id } => {
+            RequestKind::Recv { id, .. } => {
                 let mut engine = self.core().engine();
                 match engine.take_completed(*id) {
                     Some(r) => r.map(Some),
@@ -868,7 +1032,7 @@ impl Comm for TcpComm {
                     None => Err(self.core().timeout("send")),
                 }
             }
-            RequestKind::Recv { id } => self.wait_recv(*id, "receive"),
+            RequestKind::Recv { id, source, len } => self.wait_recv(*id, *source, *len, "receive"),
             RequestKind::Done(r) => r
                 .take()
                 .unwrap_or_else(|| Err(Error::InvalidArgument("request already completed".into()))),
