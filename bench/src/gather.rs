@@ -133,6 +133,9 @@ struct Record {
     /// `GatherPipeline::grouped` with `pipeline_group` batches per pass, over at least two
     /// groups of batches, wall clock like `pipeline_gbs` (0 when not run).
     pipeline_grouped_gbs: f64,
+    /// `pipeline_group` batches gathered by one event-timed `Gatherer` call (bucketing
+    /// included): the GPU's part of the grouped pipeline (0 when not run).
+    grouped_kernel_gbs: f64,
     /// pipeline_grouped_gbs / sequential SM read, and / tuned torch (when run).
     grouped_fraction_of_sm_read: Option<f64>,
     grouped_vs_torch: Option<f64>,
@@ -605,7 +608,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     }
 
     println!(
-        "{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
         "row_bytes",
         "dist",
         "ferry",
@@ -667,12 +670,22 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             // Batches per pass: as asked, held to --group-max-gib of rows per slot.
             let max_group = (args.group_max_gib * (1u64 << 30) as f64 / bytes as f64) as usize;
             let group = args.group.min(max_group).max(1);
-            let pipeline_grouped = if group > 1 {
+            let (pipeline_grouped, grouped_kernel) = if group > 1 {
                 let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
                 let batches = args.pipeline_batches.max(2 * group);
-                time_pipeline(&gpu, default, view, [&idx, &other], batches, group)?
+                let piped = time_pipeline(&gpu, default, view, [&idx, &other], batches, group)?;
+                // The same group as one event-timed kernel call: the GPU's share of the work.
+                let all: Vec<i64> = (0..group)
+                    .flat_map(|k| if k % 2 == 0 { &idx } else { &other }.iter().copied())
+                    .collect();
+                let mut big: DeviceBuffer<u8> = stream.alloc_zeros(all.len() * rb).map_err(es)?;
+                let big_junk = vec![0xA5u8; all.len() * rb];
+                let kernel = time_ferry(
+                    &gpu, default, "grouped", view, &all, &mut big, &big_junk, reps,
+                )?;
+                (piped, kernel)
             } else {
-                0.0
+                (0.0, 0.0)
             };
 
             let mut times = Vec::with_capacity(reps);
@@ -735,6 +748,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
                 pipeline_gbs: pipeline,
                 pipeline_group: group,
                 pipeline_grouped_gbs: pipeline_grouped,
+                grouped_kernel_gbs: grouped_kernel,
                 grouped_fraction_of_sm_read: (group > 1).then(|| pipeline_grouped / sm_read),
                 grouped_vs_torch: t.filter(|_| group > 1).map(|t| pipeline_grouped / t.0),
                 cpu_gbs,
@@ -748,7 +762,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             };
             let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
             println!(
-                "{:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>6.3} {:>6}",
+                "{:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>14} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>6.3} {:>6}",
                 rb,
                 dist,
                 ferry,
@@ -756,7 +770,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
                 ferry_no_align,
                 ferry_sort,
                 pipeline,
-                format!("{pipeline_grouped:.2}/{group}"),
+                format!("{pipeline_grouped:.1}|{grouped_kernel:.1}/{group}"),
                 cpu_gbs,
                 sm_read,
                 h2d,
@@ -772,7 +786,7 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     println!(
         "(GB/s of gathered rows; ferry buckets indices on the GPU and that is timed; unsorted \
          without it; w_sort sorts on the host, untimed; pipeline: GatherPipeline, wall clock; \
-         grouped: GatherPipeline::grouped, GB/s / batches per pass; of_sm = ferry / sm_read; vs_t = ferry / tuned torch)"
+         grouped: GatherPipeline::grouped | one kernel call of the group, GB/s / batches per pass; of_sm = ferry / sm_read; vs_t = ferry / tuned torch)"
     );
     if !args.interference_caps.is_empty() {
         let rb = args.interference_row_bytes;

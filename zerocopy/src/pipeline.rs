@@ -28,7 +28,8 @@
 //! indices already on the device, more than two slots, handing batches to a consumer on
 //! another thread.
 
-use ferry_gpu::{DeviceBuffer, Event, Gpu, Stream};
+use ferry_gpu::{DeviceBuffer, Event, Gpu, MappedHostBuffer, Stream};
+use rayon::prelude::*;
 
 use crate::bucket::{BucketScratch, Bucketing};
 use crate::error::{Result, invalid};
@@ -105,8 +106,12 @@ pub struct GatherPipeline<'t, I: GatherIndex> {
     slots: [Slot<I>; 2],
     max_batch: usize,
     group: usize,
-    /// The group being assembled on the host.
-    staged: Vec<I>,
+    /// The group being assembled on the host, in pinned memory so that its upload runs at
+    /// the link's speed (a pageable copy of 8M indices took longer than their gather).
+    staged: MappedHostBuffer,
+    /// Indices in `staged`.
+    staged_len: usize,
+    _index: std::marker::PhantomData<I>,
 }
 
 impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
@@ -177,7 +182,9 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             bucketing,
             max_batch,
             group,
-            staged: Vec::with_capacity(capacity),
+            staged: MappedHostBuffer::new(gpu, capacity * size_of::<I>())?,
+            staged_len: 0,
+            _index: std::marker::PhantomData,
         })
     }
 
@@ -202,7 +209,7 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
         F: FnMut(usize, &Gathered<'_>) -> Result<()>,
     {
         let outcome = self.run_inner(batches, &mut consume);
-        self.staged.clear();
+        self.staged_len = 0;
         for slot in &mut self.slots {
             slot.members.clear();
         }
@@ -234,8 +241,15 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             }
             validate_indices(idx, self.table.rows())
                 .map_err(|e| invalid(format!("batch {b}: {e}")))?;
-            members.push((b, self.staged.len(), idx.len()));
-            self.staged.extend_from_slice(idx);
+            let first = self.staged_len;
+            members.push((b, first, idx.len()));
+            let dst = &mut self.staged.as_typed_mut::<I>()[first..first + idx.len()];
+            // In pieces on every core: one thread copies 8 MB (1M i64 indices) in about 1 ms, a
+            // group of 16 batches in 16.
+            dst.par_chunks_mut(1 << 16)
+                .zip(idx.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            self.staged_len += idx.len();
             if members.len() < self.group && batches.peek().is_some() {
                 continue;
             }
@@ -243,7 +257,7 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
             groups += 1;
             self.launch(s, std::mem::take(&mut members))?;
             members = Vec::with_capacity(self.group);
-            self.staged.clear();
+            self.staged_len = 0;
             if let Some(p) = pending {
                 finish(&mut self.slots[p], self.table.row_bytes(), consume)?;
             }
@@ -257,7 +271,7 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
 
     /// Uploads the staged group into slot `s` and queues its bucketing and gather.
     fn launch(&mut self, s: usize, members: Vec<(usize, usize, usize)>) -> Result<()> {
-        let idx = &self.staged[..];
+        let idx = &self.staged.as_typed::<I>()[..self.staged_len];
         let n = idx.len();
         let slot = &mut self.slots[s];
         // The slot's last gather finished (its event was waited for) one step ago, so its
