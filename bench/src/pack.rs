@@ -6,13 +6,22 @@
 //! both engines see the very same type. Before timing, ferry's packed bytes are compared with
 //! MPI_Pack's, and ferry's unpack with MPI_Unpack's; a mismatch stops the benchmark.
 //! `ratio` = Open MPI time / ferry time (above 1: ferry is faster).
+//!
+//! Two optional comparisons, timed in the same repetitions:
+//! - Under `LD_PRELOAD=libferry_mpi.so`, MPI_Pack and MPI_Unpack as an application calls them
+//!   (through the interposer, which picks an engine per type by measuring) beside PMPI_Pack and
+//!   PMPI_Unpack (the library): `interposed_ratio` and `interposed_unpack_ratio`, which the
+//!   interposer keeps at 1 or above where it works. The interposer's trial calls run before
+//!   the timed repetitions.
+//! - `--stream-ab`: ferry with every long block written by streaming stores and with none
+//!   (`ferry_datatypes::StreamThresholds`), for types whose blocks are 256 bytes and more.
 
 use std::time::Instant;
 
 use ferry_comm::MpiRuntime;
-use ferry_comm::datatype::MpiType;
-use ferry_datatypes::Order;
+use ferry_comm::datatype::{Entry, MpiType};
 use ferry_datatypes::testing::Recipe;
+use ferry_datatypes::{Order, StreamThresholds, set_stream_thresholds};
 
 use crate::report::{median, write_json_lines};
 
@@ -31,6 +40,10 @@ pub(crate) struct Args {
     /// Write one JSON record per case to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also time ferry with streaming stores forced on and off (types with blocks of 256 B
+    /// and more).
+    #[arg(long)]
+    stream_ab: bool,
 }
 
 #[derive(serde::Serialize, Debug)]
@@ -51,7 +64,22 @@ struct Record {
     memcpy_us: f64,
     /// memcpy time / ferry pack time: the fraction of memcpy bandwidth ferry reaches.
     ferry_of_memcpy: f64,
+    /// MPI_Pack through libferry_mpi.so (when preloaded), and Open MPI pack time / that.
+    interposed_pack_us: Option<f64>,
+    interposed_ratio: Option<f64>,
+    interposed_unpack_us: Option<f64>,
+    interposed_unpack_ratio: Option<f64>,
+    /// ferry with every long block streamed, and with none (`--stream-ab`).
+    ferry_pack_streamed_us: Option<f64>,
+    ferry_pack_unstreamed_us: Option<f64>,
+    ferry_unpack_streamed_us: Option<f64>,
+    ferry_unpack_unstreamed_us: Option<f64>,
     checked: bool,
+}
+
+/// Whether libferry_mpi.so is preloaded, so that `MPI_Pack` binds to it.
+fn interposed() -> bool {
+    std::env::var("LD_PRELOAD").is_ok_and(|v| v.contains("libferry_mpi"))
 }
 
 fn named(size: usize) -> Box<Recipe> {
@@ -250,13 +278,19 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         return Err("--reps must be at least 1 and --scale positive".into());
     }
     let runtime = MpiRuntime::init().map_err(|e| e.to_string())?;
+    let through = interposed();
     println!(
-        "ferry-bench pack: ferry vs {} (median of {} reps)",
+        "ferry-bench pack: ferry vs {} (median of {} reps){}",
         runtime.library_version().lines().next().unwrap_or(""),
-        args.reps
+        args.reps,
+        if through {
+            "; MPI_Pack/MPI_Unpack through libferry_mpi.so as `interp`"
+        } else {
+            ""
+        }
     );
     println!(
-        "{:<38} {:>9} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7} {:>8}",
+        "{:<38} {:>9} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7} {:>8} {:>7} {:>7}",
         "type",
         "bytes",
         "block",
@@ -266,7 +300,9 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         "f unpk us",
         "MPI unpk",
         "ratio",
-        "%memcpy"
+        "%memcpy",
+        "interp",
+        "i unpk"
     );
     let mut records = Vec::new();
     for (name, recipe, count) in cases(args.scale) {
@@ -277,9 +313,10 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
         {
             continue;
         }
-        let record = measure(&name, &recipe, count, args.reps)?;
+        let record = measure(&name, &recipe, count, args, through)?;
+        let or_dash = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
         println!(
-            "{:<38} {:>9} {:>7.1} {:>10.1} {:>10.1} {:>7.2} {:>10.1} {:>10.1} {:>7.2} {:>7.0}%",
+            "{:<38} {:>9} {:>7.1} {:>10.1} {:>10.1} {:>7.2} {:>10.1} {:>10.1} {:>7.2} {:>7.0}% {:>7} {:>7}",
             record.name,
             record.bytes,
             record.block_bytes,
@@ -289,8 +326,21 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             record.ferry_unpack_us,
             record.mpi_unpack_us,
             record.unpack_ratio,
-            100.0 * record.ferry_of_memcpy
+            100.0 * record.ferry_of_memcpy,
+            or_dash(record.interposed_ratio),
+            or_dash(record.interposed_unpack_ratio),
         );
+        if let (Some(ps), Some(pu), Some(us), Some(uu)) = (
+            record.ferry_pack_streamed_us,
+            record.ferry_pack_unstreamed_us,
+            record.ferry_unpack_streamed_us,
+            record.ferry_unpack_unstreamed_us,
+        ) {
+            println!(
+                "{:<38} streamed / unstreamed: pack {ps:.1} / {pu:.1} us, unpack {us:.1} / {uu:.1} us",
+                ""
+            );
+        }
         records.push(record);
     }
     if let Some(path) = &args.json {
@@ -300,7 +350,29 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn measure(name: &str, recipe: &Recipe, count: usize, reps: usize) -> Result<Record, String> {
+/// The timed operations of one case; the index of each one's times in [`measure`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    FerryPack,
+    MpiPack,
+    FerryUnpack,
+    MpiUnpack,
+    Memcpy,
+    InterposedPack,
+    InterposedUnpack,
+    FerryPackStreamed,
+    FerryPackUnstreamed,
+    FerryUnpackStreamed,
+    FerryUnpackUnstreamed,
+}
+
+fn measure(
+    name: &str,
+    recipe: &Recipe,
+    count: usize,
+    args: &Args,
+    through: bool,
+) -> Result<Record, String> {
     let ty = recipe.try_build().map_err(|e| format!("{name}: {e}"))?;
     let committed = ty.commit();
     // SAFETY: MPI is initialised for the whole benchmark.
@@ -349,72 +421,121 @@ fn measure(name: &str, recipe: &Recipe, count: usize, reps: usize) -> Result<Rec
     }
     let (ours_packed, theirs_packed) = (ours.clone(), theirs.clone());
     let mut copy_into = vec![0u8; bytes];
-    // Each repetition times ferry and the library back to back, alternating which goes first,
-    // so cache and clock state favour neither.
-    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    let timed = |f: &mut dyn FnMut()| {
-        let start = Instant::now();
-        f();
-        start.elapsed().as_secs_f64() * 1e6
-    };
     let copy_src = vec![1u8; bytes];
-    for rep in 0..=reps {
-        let mut ops: [(usize, Box<dyn FnMut()>); 5] = [
-            (
-                0,
-                Box::new(|| {
+    let mut dst_interposed = vec![0u8; span];
+    let mut interposed_out = vec![0u8; bytes];
+    let interposed_pack = |out: &mut [u8]| {
+        // SAFETY: `src` covers the footprint around `origin`.
+        unsafe { mpi_type.pack_through(Entry::Interposable, src.as_ptr().add(origin), count, out) }
+            .expect("MPI_Pack");
+    };
+    let interposed_unpack = |packed: &[u8], dst: &mut [u8]| {
+        // SAFETY: `dst` covers the footprint around `origin`.
+        unsafe {
+            mpi_type.unpack_through(
+                Entry::Interposable,
+                packed,
+                dst.as_mut_ptr().add(origin),
+                count,
+            )
+        }
+        .expect("MPI_Unpack");
+    };
+    let mut ops = vec![
+        Op::FerryPack,
+        Op::MpiPack,
+        Op::FerryUnpack,
+        Op::MpiUnpack,
+        Op::Memcpy,
+    ];
+    if through {
+        // Check every engine the interposer may pick (its trials alternate between them),
+        // which also leaves it decided before the timing.
+        for _ in 0..10 {
+            interposed_pack(&mut interposed_out);
+            if interposed_out != ours_packed {
+                return Err(format!("{name}: MPI_Pack through the interposer differs"));
+            }
+            interposed_unpack(&ours_packed, &mut dst_interposed);
+            if dst_interposed != dst_theirs {
+                return Err(format!("{name}: MPI_Unpack through the interposer differs"));
+            }
+        }
+        ops.extend([Op::InterposedPack, Op::InterposedUnpack]);
+    }
+    let stream_ab = args.stream_ab && bytes as f64 / blocks(&committed, count) as f64 >= 256.0;
+    if stream_ab {
+        ops.extend([
+            Op::FerryPackStreamed,
+            Op::FerryPackUnstreamed,
+            Op::FerryUnpackStreamed,
+            Op::FerryUnpackUnstreamed,
+        ]);
+    }
+    let streamed = StreamThresholds { pack: 0, unpack: 0 };
+    let mut t: Vec<Vec<f64>> = vec![Vec::new(); Op::FerryUnpackUnstreamed as usize + 1];
+    // Each repetition times every operation back to back, in reverse order every other
+    // repetition, so cache and clock state favour none; repetition 0 is the warm-up.
+    for rep in 0..=args.reps {
+        if rep % 2 == 1 {
+            ops.reverse();
+        }
+        for &op in &ops {
+            set_stream_thresholds(match op {
+                Op::FerryPackStreamed | Op::FerryUnpackStreamed => streamed,
+                Op::FerryPackUnstreamed | Op::FerryUnpackUnstreamed => StreamThresholds::NEVER,
+                _ => StreamThresholds::DEFAULT,
+            });
+            let start = Instant::now();
+            match op {
+                Op::FerryPack | Op::FerryPackStreamed | Op::FerryPackUnstreamed => {
                     committed
                         .pack(&src, origin, count, &mut ours)
                         .expect("checked above");
-                }),
-            ),
-            (1, Box::new(|| mpi_pack(&mut theirs))),
-            (
-                2,
-                Box::new(|| {
+                }
+                Op::MpiPack => mpi_pack(&mut theirs),
+                Op::FerryUnpack | Op::FerryUnpackStreamed | Op::FerryUnpackUnstreamed => {
                     committed
                         .unpack(&ours_packed, &mut dst_ours, origin, count)
                         .expect("checked above");
-                }),
-            ),
-            (3, Box::new(|| mpi_unpack(&theirs_packed, &mut dst_theirs))),
-            (
-                4,
-                Box::new(|| copy_into.copy_from_slice(std::hint::black_box(&copy_src))),
-            ),
-        ];
-        if rep % 2 == 1 {
-            ops.swap(0, 1);
-            ops.swap(2, 3);
-        }
-        for (which, op) in ops.iter_mut() {
-            let us = timed(op.as_mut());
+                }
+                Op::MpiUnpack => mpi_unpack(&theirs_packed, &mut dst_theirs),
+                Op::Memcpy => copy_into.copy_from_slice(std::hint::black_box(&copy_src)),
+                Op::InterposedPack => interposed_pack(&mut interposed_out),
+                Op::InterposedUnpack => interposed_unpack(&ours_packed, &mut dst_interposed),
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6;
             if rep > 0 {
-                t[*which].push(us); // repetition 0 is the warm-up
+                t[op as usize].push(us);
             }
         }
     }
+    set_stream_thresholds(StreamThresholds::DEFAULT);
+    if ours != theirs || dst_ours != dst_theirs {
+        return Err(format!("{name}: ferry's bytes changed while timed"));
+    }
+    let time = |op: Op| (!t[op as usize].is_empty()).then(|| median(t[op as usize].clone()));
     let [
         ferry_pack_us,
         mpi_pack_us,
         ferry_unpack_us,
         mpi_unpack_us,
         memcpy_us,
-    ] = t.map(median);
-    let layout = committed.layout();
-    let blocks = layout.blocks().len().max(1)
-        * layout
-            .levels()
-            .iter()
-            .map(|l| l.count)
-            .product::<usize>()
-            .max(1)
-        * count;
+    ] = [
+        Op::FerryPack,
+        Op::MpiPack,
+        Op::FerryUnpack,
+        Op::MpiUnpack,
+        Op::Memcpy,
+    ]
+    .map(|op| time(op).unwrap_or(f64::NAN));
+    let interposed_pack_us = time(Op::InterposedPack);
+    let interposed_unpack_us = time(Op::InterposedUnpack);
     Ok(Record {
         bench: "pack",
         name: name.to_string(),
         bytes,
-        block_bytes: bytes as f64 / blocks as f64,
+        block_bytes: bytes as f64 / blocks(&committed, count) as f64,
         ferry_pack_us,
         mpi_pack_us,
         ratio: mpi_pack_us / ferry_pack_us,
@@ -423,6 +544,27 @@ fn measure(name: &str, recipe: &Recipe, count: usize, reps: usize) -> Result<Rec
         unpack_ratio: mpi_unpack_us / ferry_unpack_us,
         memcpy_us,
         ferry_of_memcpy: memcpy_us / ferry_pack_us,
+        interposed_pack_us,
+        interposed_ratio: interposed_pack_us.map(|us| mpi_pack_us / us),
+        interposed_unpack_us,
+        interposed_unpack_ratio: interposed_unpack_us.map(|us| mpi_unpack_us / us),
+        ferry_pack_streamed_us: time(Op::FerryPackStreamed),
+        ferry_pack_unstreamed_us: time(Op::FerryPackUnstreamed),
+        ferry_unpack_streamed_us: time(Op::FerryUnpackStreamed),
+        ferry_unpack_unstreamed_us: time(Op::FerryUnpackUnstreamed),
         checked: true,
     })
+}
+
+/// The contiguous blocks that `count` elements of the type pack.
+fn blocks(committed: &ferry_datatypes::Committed, count: usize) -> usize {
+    let layout = committed.layout();
+    layout.blocks().len().max(1)
+        * layout
+            .levels()
+            .iter()
+            .map(|l| l.count)
+            .product::<usize>()
+            .max(1)
+        * count
 }

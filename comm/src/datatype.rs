@@ -759,6 +759,17 @@ pub mod testing {
     }
 }
 
+/// Which entry point an [`MpiType`] call goes through.
+#[cfg(feature = "testing")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// `PMPI_*`: the library itself, even under an interposer.
+    Library,
+    /// `MPI_*`: whatever the dynamic linker binds, an interposer such as libferry_mpi.so when
+    /// it is preloaded (otherwise the library).
+    Interposable,
+}
+
 /// A committed MPI datatype built from a recipe, with the library's own pack and unpack, for
 /// benchmarks and tests that compare ferry with the library.
 #[cfg(feature = "testing")]
@@ -797,7 +808,8 @@ impl MpiType {
         self.handle
     }
 
-    /// MPI_Pack of `count` elements at `src` into `out`; returns the bytes written.
+    /// The library's MPI_Pack (`PMPI_Pack`) of `count` elements at `src` into `out`; returns
+    /// the bytes written.
     ///
     /// # Safety
     /// `src` must be valid for reads over the type's footprint for `count` elements.
@@ -807,6 +819,25 @@ impl MpiType {
         count: usize,
         out: &mut [u8],
     ) -> Result<usize, DatatypeError> {
+        // SAFETY: forwarded caller contract.
+        unsafe { self.pack_through(Entry::Library, src, count, out) }
+    }
+
+    /// [`MpiType::pack`] through `entry`.
+    ///
+    /// # Safety
+    /// As for [`MpiType::pack`].
+    pub unsafe fn pack_through(
+        &self,
+        entry: Entry,
+        src: *const u8,
+        count: usize,
+        out: &mut [u8],
+    ) -> Result<usize, DatatypeError> {
+        let pack = match entry {
+            Entry::Library => ffi::PMPI_Pack,
+            Entry::Interposable => ffi::MPI_Pack,
+        };
         let mut pos: c_int = 0;
         let n = c_int::try_from(count)
             .map_err(|_| DatatypeError::Unsupported("count too large".into()))?;
@@ -814,7 +845,7 @@ impl MpiType {
             .map_err(|_| DatatypeError::Unsupported("buffer too large".into()))?;
         // SAFETY: caller contract for `src`; `out` is a valid slice of `size` bytes.
         check("MPI_Pack", unsafe {
-            ffi::PMPI_Pack(
+            pack(
                 src.cast(),
                 n,
                 self.handle,
@@ -827,7 +858,7 @@ impl MpiType {
         Ok(pos as usize)
     }
 
-    /// MPI_Unpack of `count` elements from `packed` into `dst`.
+    /// The library's MPI_Unpack (`PMPI_Unpack`) of `count` elements from `packed` into `dst`.
     ///
     /// # Safety
     /// `dst` must be valid for writes over the type's footprint for `count` elements.
@@ -837,6 +868,25 @@ impl MpiType {
         dst: *mut u8,
         count: usize,
     ) -> Result<(), DatatypeError> {
+        // SAFETY: forwarded caller contract.
+        unsafe { self.unpack_through(Entry::Library, packed, dst, count) }
+    }
+
+    /// [`MpiType::unpack`] through `entry`.
+    ///
+    /// # Safety
+    /// As for [`MpiType::unpack`].
+    pub unsafe fn unpack_through(
+        &self,
+        entry: Entry,
+        packed: &[u8],
+        dst: *mut u8,
+        count: usize,
+    ) -> Result<(), DatatypeError> {
+        let unpack = match entry {
+            Entry::Library => ffi::PMPI_Unpack,
+            Entry::Interposable => ffi::MPI_Unpack,
+        };
         let mut pos: c_int = 0;
         let n = c_int::try_from(count)
             .map_err(|_| DatatypeError::Unsupported("count too large".into()))?;
@@ -844,7 +894,7 @@ impl MpiType {
             .map_err(|_| DatatypeError::Unsupported("buffer too large".into()))?;
         // SAFETY: caller contract for `dst`; `packed` is a valid slice of `size` bytes.
         check("MPI_Unpack", unsafe {
-            ffi::PMPI_Unpack(
+            unpack(
                 packed.as_ptr().cast(),
                 size,
                 &mut pos,

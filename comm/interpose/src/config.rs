@@ -8,13 +8,15 @@ pub(crate) const FERRY_INTERPOSE: &str = "FERRY_INTERPOSE";
 /// own datatype path. Default: 0 (ferry handles every non-contiguous type it supports).
 pub(crate) const FERRY_PACK_MIN_BYTES: &str = "FERRY_PACK_MIN_BYTES";
 
-/// `FERRY_LIBRARY_BLOCK_BYTES`: types whose mean contiguous block is at least this many bytes
-/// go through the library's own datatype path, which moves large blocks as fast as ferry does
+/// `FERRY_LIBRARY_BLOCK_BYTES`: for sends and receives, types whose mean contiguous block is at
+/// least this many bytes go through the library's own datatype path, which moves large blocks as fast as ferry does
 /// and overlaps packing with sending through its shared-memory fragments, where ferry packs,
 /// sends and unpacks one after the other. Measured on an H100 node's Xeon with Open MPI 4.1.6
 /// (`ferry-bench pingpong-ddt`, bench/RESULTS.md): ferry is 1.0-3.0x Open MPI for mean blocks
 /// of 4-16 bytes, but 0.78x for NAS LU's 40-byte and LAMMPS's 48-byte blocks, whose pack and
-/// unpack it speeds up too little to pay for the extra copy. Default 32.
+/// unpack it speeds up too little to pay for the extra copy. Default 32. MPI_Pack and MPI_Unpack
+/// choose by measuring instead (`model.rs`), unless this is set, in which case the rule
+/// applies to them too (so `FERRY_LIBRARY_BLOCK_BYTES=1048576` has ferry pack every type).
 pub(crate) const FERRY_LIBRARY_BLOCK_BYTES: &str = "FERRY_LIBRARY_BLOCK_BYTES";
 
 /// The interposer's settings.
@@ -26,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) pack_min_bytes: usize,
     /// See [`FERRY_LIBRARY_BLOCK_BYTES`].
     pub(crate) library_block_bytes: usize,
+    /// Whether [`FERRY_LIBRARY_BLOCK_BYTES`] was set, overriding the measured model.
+    pub(crate) block_rule_everywhere: bool,
 }
 
 impl Config {
@@ -47,6 +51,7 @@ impl Config {
             enabled,
             pack_min_bytes: number(FERRY_PACK_MIN_BYTES, 0),
             library_block_bytes: number(FERRY_LIBRARY_BLOCK_BYTES, 32),
+            block_rule_everywhere: std::env::var_os(FERRY_LIBRARY_BLOCK_BYTES).is_some(),
         }
     }
 }

@@ -34,15 +34,33 @@ pub(crate) fn empty_status() -> ffi::MPI_Status {
     unsafe { std::mem::zeroed() }
 }
 
-/// What ferry will do with `count` elements of `datatype`: `Some((type, packed bytes))` when it
-/// packs them itself, `None` when the call passes through to the library unchanged.
+/// What ferry will do with `count` elements of `datatype` in a send or receive:
+/// `Some((type, packed bytes))` when it packs them itself, `None` when the call passes through
+/// to the library unchanged: whatever [`eligible`] refuses, and types with large blocks
+/// (`FERRY_LIBRARY_BLOCK_BYTES`).
+pub(crate) fn plan(
+    state: &State,
+    datatype: ffi::MPI_Datatype,
+    count: c_int,
+    null_buffer: bool,
+) -> Option<(Arc<TypeEntry>, usize)> {
+    let (entry, bytes) = eligible(state, datatype, count, null_buffer)?;
+    if entry.mean_block >= state.config.library_block_bytes as f64 {
+        return None;
+    }
+    crate::state::Stats::bump(&state.stats.handled);
+    Some((entry, bytes))
+}
+
+/// Whether ferry's engine could serve `count` elements of `datatype`: `Some((type, packed
+/// bytes))`, or `None` for calls that always pass through to the library unchanged.
 ///
 /// The library keeps: anything ferry has no committed entry for (predefined, uncommitted,
 /// unsupported or duplicated types), contiguous types, zero and negative counts (so the library
 /// reports its own errors), messages over `c_int::MAX` packed bytes, messages under
-/// `FERRY_PACK_MIN_BYTES`, types with large blocks (`FERRY_LIBRARY_BLOCK_BYTES`), and null
-/// buffers unless the type holds absolute addresses (MPI_BOTTOM).
-pub(crate) fn plan(
+/// `FERRY_PACK_MIN_BYTES`, and null buffers unless the type holds absolute addresses
+/// (MPI_BOTTOM).
+pub(crate) fn eligible(
     state: &State,
     datatype: ffi::MPI_Datatype,
     count: c_int,
@@ -52,7 +70,7 @@ pub(crate) fn plan(
         return None;
     }
     let entry = state.lookup_type(datatype)?;
-    if entry.contiguous || entry.mean_block >= state.config.library_block_bytes as f64 {
+    if entry.contiguous {
         return None;
     }
     // A null buffer is MPI_BOTTOM: legal with absolute addresses (a non-zero true lb), else an
@@ -64,7 +82,6 @@ pub(crate) fn plan(
     if bytes > c_int::MAX as usize || bytes < state.config.pack_min_bytes || bytes == 0 {
         return None;
     }
-    crate::state::Stats::bump(&state.stats.handled);
     Some((entry, bytes))
 }
 

@@ -5,13 +5,15 @@
 #![allow(non_snake_case)]
 
 use std::ffi::{c_char, c_int, c_void};
+use std::time::Instant;
 
 use mpi::ffi::{self, MPI_Comm, MPI_Datatype, MPI_Request, MPI_Status};
 
 use crate::engine::{
-    SUCCESS, empty_status, error_class, finish, pack_to_staging, packed, peer_ok, plan,
+    SUCCESS, eligible, empty_status, error_class, finish, pack_to_staging, packed, peer_ok, plan,
     progress_detached, request_null, status_ignore, statuses_ignore,
 };
+use crate::model::{Direction, Engine, Model, Pick};
 use crate::state::{self, Pending, Stats, TypeEntry, UserBuffer, active};
 
 /// Runs `f`, turning a panic into MPI_ERR_INTERN instead of unwinding into C.
@@ -82,6 +84,7 @@ pub unsafe extern "C" fn MPI_Finalize() -> c_int {
             tracing::info!(
                 handled = load(&s.stats.handled),
                 packs = load(&s.stats.packs),
+                packs_left = load(&s.stats.packs_left),
                 types_known = load(&s.stats.types_known),
                 types_left = load(&s.stats.types_left),
                 "ferry interposer summary"
@@ -134,6 +137,7 @@ pub unsafe extern "C" fn MPI_Type_commit(datatype: *mut MPI_Datatype) -> c_int {
                             contiguous,
                             mean_block,
                             committed,
+                            model: Model::new(),
                         },
                     );
                     Stats::bump(&s.stats.types_known);
@@ -174,39 +178,72 @@ pub unsafe extern "C" fn MPI_Type_free(datatype: *mut MPI_Datatype) -> c_int {
     rc
 }
 
-/// The step MPI_Pack and MPI_Unpack share: if ferry handles `count` elements of `datatype`
-/// and the packed range `[*position, *position + bytes)` fits the packed buffer's `capacity`,
-/// runs `copy(type, pos, bytes)` and advances `*position`. Returns `None` (the call passes
-/// through to the library, which reports any error itself) otherwise, or if `copy` failed.
+/// The step MPI_Pack and MPI_Unpack share. If ferry's engine could serve `count` elements of
+/// `datatype` (see [`eligible`]) and the packed range `[*position, *position + bytes)` fits
+/// the packed buffer's `capacity`, the type's measured model (`model.rs`; or the block-size
+/// rule when `FERRY_LIBRARY_BLOCK_BYTES` is set) picks the engine: ferry runs
+/// `copy(type, pos, bytes)` and advances `*position`; the library runs `library()`, the call
+/// passed through unchanged. Trial calls are timed and reported to the model. Every other call,
+/// and one whose `copy` failed, passes through to the library, which reports any error itself.
 ///
 /// # Safety
 /// `position` must be null or the application's valid position pointer.
 unsafe fn at_position(
-    datatype: MPI_Datatype,
-    count: c_int,
-    user_null: bool,
-    packed_null: bool,
-    capacity: c_int,
-    position: *mut c_int,
+    direction: Direction,
+    (datatype, count, user_null): (MPI_Datatype, c_int, bool),
+    (packed_null, capacity, position): (bool, c_int, *mut c_int),
     copy: impl FnOnce(&TypeEntry, usize, usize) -> bool,
-) -> Option<c_int> {
-    let s = active()?;
+    library: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(s) = active() else {
+        return library();
+    };
     if position.is_null() || packed_null {
-        return None;
+        return library();
     }
-    let (ty, bytes) = plan(s, datatype, count, user_null)?;
+    let Some((ty, bytes)) = eligible(s, datatype, count, user_null) else {
+        return library();
+    };
     // SAFETY: checked non-null; the application's position.
     let pos = unsafe { *position };
     if pos < 0 || (pos as usize).saturating_add(bytes) > capacity.max(0) as usize {
-        return None;
+        return library();
     }
-    if !copy(&ty, pos as usize, bytes) {
-        return None;
+    let pick = if s.config.block_rule_everywhere {
+        let engine = if ty.mean_block >= s.config.library_block_bytes as f64 {
+            Engine::Library
+        } else {
+            Engine::Ferry
+        };
+        Pick {
+            engine,
+            timed: false,
+        }
+    } else {
+        ty.model.pick(direction, bytes)
+    };
+    let start = pick.timed.then(Instant::now);
+    let rc = match pick.engine {
+        Engine::Ferry if copy(&ty, pos as usize, bytes) => {
+            // SAFETY: checked non-null above.
+            unsafe { *position = pos + bytes as c_int };
+            Stats::bump(&s.stats.handled);
+            Stats::bump(&s.stats.packs);
+            SUCCESS
+        }
+        Engine::Ferry => return library(),
+        Engine::Library => {
+            Stats::bump(&s.stats.packs_left);
+            library()
+        }
+    };
+    if let Some(start) = start
+        && rc == SUCCESS
+    {
+        ty.model
+            .record(direction, bytes, pick.engine, start.elapsed());
     }
-    // SAFETY: checked non-null above.
-    unsafe { *position = pos + bytes as c_int };
-    Stats::bump(&s.stats.packs);
-    Some(SUCCESS)
+    rc
 }
 
 /// MPI_Pack (MPI-3.1 §4.2).
@@ -238,22 +275,20 @@ pub unsafe extern "C" fn MPI_Pack(
             }
             .is_ok()
         };
-        // SAFETY: the application's position pointer.
-        let served = unsafe {
-            at_position(
-                datatype,
-                incount,
-                inbuf.is_null(),
-                outbuf.is_null(),
-                outsize,
-                position,
-                pack,
-            )
-        };
         // SAFETY: forwarded unchanged (also when the arguments are bad: the library reports it).
-        served.unwrap_or_else(|| unsafe {
-            ffi::PMPI_Pack(inbuf, incount, datatype, outbuf, outsize, position, comm)
-        })
+        let library =
+            || unsafe { ffi::PMPI_Pack(inbuf, incount, datatype, outbuf, outsize, position, comm) };
+        let user = (datatype, incount, inbuf.is_null());
+        // SAFETY: the application's position pointer.
+        unsafe {
+            at_position(
+                Direction::Pack,
+                user,
+                (outbuf.is_null(), outsize, position),
+                pack,
+                library,
+            )
+        }
     })
 }
 
@@ -286,22 +321,21 @@ pub unsafe extern "C" fn MPI_Unpack(
             }
             .is_ok()
         };
-        // SAFETY: the application's position pointer.
-        let served = unsafe {
-            at_position(
-                datatype,
-                outcount,
-                outbuf.is_null(),
-                inbuf.is_null(),
-                insize,
-                position,
-                unpack,
-            )
-        };
         // SAFETY: forwarded unchanged.
-        served.unwrap_or_else(|| unsafe {
+        let library = || unsafe {
             ffi::PMPI_Unpack(inbuf, insize, position, outbuf, outcount, datatype, comm)
-        })
+        };
+        let user = (datatype, outcount, outbuf.is_null());
+        // SAFETY: the application's position pointer.
+        unsafe {
+            at_position(
+                Direction::Unpack,
+                user,
+                (inbuf.is_null(), insize, position),
+                unpack,
+                library,
+            )
+        }
     })
 }
 

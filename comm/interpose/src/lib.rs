@@ -13,7 +13,16 @@
 //! 3. Non-blocking operations return the library's own request; ferry keeps the staging buffer
 //!    beside it and unpacks in whichever completion call finishes it. No fabricated handle ever
 //!    reaches the application.
-//! 4. Everything else forwards to `PMPI_*` unchanged. Panics are caught at the boundary.
+//! 4. MPI_Pack and MPI_Unpack of a type ferry knows go to whichever engine measured faster for
+//!    that type, direction and size class (`model.rs`): the first 8 calls of each alternate
+//!    between ferry's engine and the library's, timed, and later calls keep the one with the
+//!    lower best time per byte. Both produce the same bytes, so only speed changes; through the
+//!    interposer no type packs slower than with the library by more than the trials' noise.
+//!    Sends and receives keep a block-size rule (`FERRY_LIBRARY_BLOCK_BYTES`, default 32 B:
+//!    types with longer mean blocks go to the library), because their time includes waiting
+//!    for the peer; setting `FERRY_LIBRARY_BLOCK_BYTES` applies that rule to MPI_Pack and
+//!    MPI_Unpack as well, instead of measuring.
+//! 5. Everything else forwards to `PMPI_*` unchanged. Panics are caught at the boundary.
 //!
 //! `FERRY_INTERPOSE=off` makes it a pure pass-through; `FERRY_LOG` turns on tracing.
 //!
@@ -25,14 +34,15 @@
 //! overrun. A truncated MPI_Irecv or MPI_Sendrecv above the eager limit still lets the library
 //! overrun ferry's staging buffer, as it would overrun the application's buffer without ferry.
 //!
-//! Not done yet: GPU buffers (the GPU-datatype issue); a measured model for when the library's
-//! own path is faster (today every supported non-contiguous type is packed by ferry, above
-//! `FERRY_PACK_MIN_BYTES`); MPI_Type_dup'ed committed types pass through; persistent requests,
-//! MPI_Mrecv and collectives pass through.
+//! Not done yet: GPU buffers (the GPU-datatype issue); a measured model for sends and receives
+//! (they use the block-size rule); the pack model never measures again once decided;
+//! MPI_Type_dup'ed committed types pass through; persistent requests, MPI_Mrecv and
+//! collectives pass through.
 
 mod config;
 mod engine;
 mod exports;
+mod model;
 mod state;
 
 pub use crate::exports::*;

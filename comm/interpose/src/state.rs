@@ -14,6 +14,7 @@ use ferry_datatypes::Committed;
 use mpi::ffi;
 
 use crate::config::Config;
+use crate::model::Model;
 
 /// What ferry knows of one committed datatype.
 pub(crate) struct TypeEntry {
@@ -28,6 +29,8 @@ pub(crate) struct TypeEntry {
     pub(crate) contiguous: bool,
     /// Mean length of the contiguous blocks of one element, in bytes.
     pub(crate) mean_block: f64,
+    /// Which engine serves this type's MPI_Pack and MPI_Unpack calls, by measurement.
+    pub(crate) model: Model,
 }
 
 /// A request ferry started on the application's behalf, and the staging buffer it owns.
@@ -58,6 +61,9 @@ pub(crate) struct Stats {
     pub(crate) handled: AtomicUsize,
     /// MPI_Pack and MPI_Unpack calls ferry served.
     pub(crate) packs: AtomicUsize,
+    /// MPI_Pack and MPI_Unpack calls ferry could serve that went to the library (trials and
+    /// cells where the library measured faster).
+    pub(crate) packs_left: AtomicUsize,
     /// Committed types ferry describes, and those it left to the library.
     pub(crate) types_known: AtomicUsize,
     pub(crate) types_left: AtomicUsize,
