@@ -307,21 +307,22 @@ fn time_ferry(
     Ok(gbs(idx.len() * view.row_bytes(), median(times)))
 }
 
-/// Runs `batches` batches (alternating two index sets) through a `GatherPipeline` that
+/// Runs `batches` batches (cycling through `sets`, which must hold distinct index sets for at
+/// least two groups so that no pass sees a batch twice) through a `GatherPipeline` that
 /// gathers `group` batches per pass; the first run checks a batch of every group, the second
 /// is timed with the wall clock. GB/s of gathered rows.
 fn time_pipeline(
     gpu: &Gpu,
     options: GatherOptions,
     view: TableView<'_>,
-    sets: [&[i64]; 2],
+    sets: &[Vec<i64>],
     batches: usize,
     group: usize,
 ) -> Result<f64, String> {
     let err = |e: ferry_zerocopy::ZeroCopyError| format!("pipeline: {e}");
-    let n = sets[0].len().max(sets[1].len());
+    let n = sets.iter().map(Vec::len).max().unwrap_or(0);
     let mut p = GatherPipeline::<i64>::grouped(gpu, view, n, group, options).map_err(err)?;
-    let list: Vec<&[i64]> = (0..batches).map(|b| sets[b % 2]).collect();
+    let list: Vec<&[i64]> = (0..batches).map(|b| &sets[b % sets.len()][..]).collect();
     let mut bad = None;
     p.run(&list, |b, got| {
         // Check one batch in each group (each is a copy back to the host).
@@ -656,14 +657,8 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             let ferry_unsorted = t(unsorted, "unsorted", &mut out)?;
             let pipeline = if args.pipeline_batches > 0 {
                 let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
-                time_pipeline(
-                    &gpu,
-                    default,
-                    view,
-                    [&idx, &other],
-                    args.pipeline_batches,
-                    1,
-                )?
+                let sets = [idx.clone(), other];
+                time_pipeline(&gpu, default, view, &sets, args.pipeline_batches, 1)?
             } else {
                 0.0
             };
@@ -671,13 +666,23 @@ pub(crate) fn run(args: &Args) -> Result<(), String> {
             let max_group = (args.group_max_gib * (1u64 << 30) as f64 / bytes as f64) as usize;
             let group = args.group.min(max_group).max(1);
             let (pipeline_grouped, grouped_kernel) = if group > 1 {
-                let other = make_indices(dist, args.batch, rows, args.zipf_exponent, !seed)?;
+                // Distinct batches for two whole groups: a batch repeated inside a pass would
+                // be served from the GPU's caches and inflate the figure.
+                let sets = (0..2 * group as u64)
+                    .map(|k| {
+                        make_indices(
+                            dist,
+                            args.batch,
+                            rows,
+                            args.zipf_exponent,
+                            seed.wrapping_add((k + 1) * 0x9E37_79B9_7F4A_7C15),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let batches = args.pipeline_batches.max(2 * group);
-                let piped = time_pipeline(&gpu, default, view, [&idx, &other], batches, group)?;
-                // The same group as one event-timed kernel call: the GPU's share of the work.
-                let all: Vec<i64> = (0..group)
-                    .flat_map(|k| if k % 2 == 0 { &idx } else { &other }.iter().copied())
-                    .collect();
+                let piped = time_pipeline(&gpu, default, view, &sets, batches, group)?;
+                // One group as one event-timed kernel call: the GPU's share of the work.
+                let all: Vec<i64> = sets[..group].concat();
                 let mut big: DeviceBuffer<u8> = stream.alloc_zeros(all.len() * rb).map_err(es)?;
                 let big_junk = vec![0xA5u8; all.len() * rb];
                 let kernel = time_ferry(
