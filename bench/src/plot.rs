@@ -32,9 +32,11 @@ pub(crate) struct Args {
 }
 
 /// The methods drawn: JSON field and legend name.
-const METHODS: [(&str, &str); 10] = [
+const METHODS: [(&str, &str); 12] = [
     ("ferry_gbs", "ferry (GPU-bucketed, aligned)"),
+    ("grouped_kernel_gbs", "ferry, several batches per pass"),
     ("pipeline_gbs", "ferry GatherPipeline"),
+    ("pipeline_grouped_gbs", "ferry GatherPipeline::grouped"),
     ("ferry_no_align_gbs", "ferry without 128 B alignment"),
     ("ferry_unsorted_gbs", "ferry without bucketing"),
     ("ferry_sort_gbs", "ferry, host-sorted (sort untimed)"),
