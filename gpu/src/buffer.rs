@@ -179,6 +179,33 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
         Ok(v)
     }
 
+    /// Copies all of `src` into this buffer's elements from `offset` on; blocks until done.
+    /// Errors if `offset + src.len()` is past the end of this buffer.
+    pub fn copy_dtod_at(&mut self, offset: usize, src: &DeviceBuffer<T>) -> Result<()> {
+        let end = offset.checked_add(src.len()).filter(|&e| e <= self.len());
+        let Some(end) = end else {
+            return Err(GpuError::InvalidArgument {
+                what: format!(
+                    "copy_dtod_at of {} elements to element {offset} of a device buffer of {}",
+                    src.len(),
+                    self.len()
+                ),
+            });
+        };
+        let (Some(from), Some(to)) = (src.slice.as_ref(), self.slice.as_mut()) else {
+            return Ok(());
+        };
+        if offset == end {
+            return Ok(());
+        }
+        let mut view = to.slice_mut(offset..end);
+        self.stream
+            .inner
+            .memcpy_dtod(from, &mut view)
+            .during("cuMemcpyDtoDAsync")?;
+        self.stream.synchronize()
+    }
+
     /// Fills this buffer from another device buffer of the same length (device to device, on
     /// this buffer's stream); blocks until the copy is done.
     pub fn copy_dtod(&mut self, src: &DeviceBuffer<T>) -> Result<()> {

@@ -13,7 +13,9 @@ mod sealed {
 }
 
 /// An integer type of row indices: `i32` or `i64`.
-pub trait GatherIndex: Plain + DeviceRepr + ValidAsZeroBits + Ord + sealed::Sealed {
+pub trait GatherIndex:
+    Plain + DeviceRepr + ValidAsZeroBits + Ord + Default + sealed::Sealed
+{
     /// The CUDA C type of the same width.
     const C_TYPE: &'static str;
     /// The index as `i64`.

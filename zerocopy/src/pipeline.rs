@@ -24,9 +24,12 @@
 //! Every buffer (indices, bucketing scratch, output) is allocated once per slot, for
 //! `group * max_batch` indices.
 //!
-//! Not done yet: asynchronous index uploads (ferry-gpu's copies block the host), batches of
-//! indices already on the device, more than two slots, handing batches to a consumer on
-//! another thread.
+//! Batches already on the device ([`GatherPipeline::run_device`], e.g. a GPU sampler's output)
+//! skip steps 1-2: each is copied into the slot on the device, and the gather kernel reports an
+//! index out of range, naming the batch and position.
+//!
+//! Not done yet: asynchronous index uploads (ferry-gpu's copies block the host), more than two
+//! slots, handing batches to a consumer on another thread.
 
 use ferry_gpu::{DeviceBuffer, Event, Gpu, MappedHostBuffer, Stream};
 use rayon::prelude::*;
@@ -208,81 +211,157 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
         B::Item: AsRef<[I]>,
         F: FnMut(usize, &Gathered<'_>) -> Result<()>,
     {
-        let outcome = self.run_inner(batches, &mut consume);
+        let stage = |p: &mut Self, slot, first, b, batch: B::Item| {
+            p.stage_host(slot, first, b, batch.as_ref())
+        };
+        let outcome = self.run_groups(batches, &mut consume, stage, true);
+        self.after_run(outcome)
+    }
+
+    /// Like [`run`](Self::run), with batches of indices already on the device (each buffer
+    /// whole is one batch, e.g. a sampler's output; the work that fills it must be finished).
+    /// They are copied into the pipeline's slots on the device and checked there: an index out
+    /// of range is reported by the gather kernel, naming the batch and position. Host sorting
+    /// ([`GatherOptions::sort`]) needs host indices and is refused here.
+    pub fn run_device<'b, B, F>(&mut self, batches: B, mut consume: F) -> Result<()>
+    where
+        B: IntoIterator<Item = &'b DeviceBuffer<I>>,
+        F: FnMut(usize, &Gathered<'_>) -> Result<()>,
+    {
+        if self.slots[0].out_pos.is_some() {
+            return Err(invalid(
+                "GatherPipeline::run_device: host sorting needs host indices (use run, or the \
+                 default GPU bucketing)",
+            ));
+        }
+        let outcome = self.run_groups(batches, &mut consume, Self::stage_device, false);
+        self.after_run(outcome)
+    }
+
+    /// Leaves the pipeline ready for the next run, and no kernel running past an error.
+    fn after_run(&mut self, outcome: Result<()>) -> Result<()> {
         self.staged_len = 0;
         for slot in &mut self.slots {
             slot.members.clear();
         }
         if outcome.is_err() {
-            // Leave no kernel running past an error; the first error is the one to report.
+            // The first error is the one to report.
             let _ = self.launcher.stream.synchronize();
         }
         outcome
     }
 
-    fn run_inner<B, F>(&mut self, batches: B, consume: &mut F) -> Result<()>
+    /// Checks host batch `b` and appends it to the staged group at `first`; returns its length.
+    fn stage_host(&mut self, _slot: usize, first: usize, b: usize, idx: &[I]) -> Result<usize> {
+        self.check_len(b, idx.len())?;
+        validate_indices(idx, self.table.rows()).map_err(|e| invalid(format!("batch {b}: {e}")))?;
+        let dst = &mut self.staged.as_typed_mut::<I>()[first..first + idx.len()];
+        // In pieces on every core: one thread copies 8 MB (1M i64 indices) in about 1 ms, a
+        // group of 16 batches in 16.
+        dst.par_chunks_mut(1 << 16)
+            .zip(idx.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        self.staged_len = first + idx.len();
+        Ok(idx.len())
+    }
+
+    /// Copies device batch `b` into slot `slot`'s indices at `first`; returns its length.
+    fn stage_device(
+        &mut self,
+        slot: usize,
+        first: usize,
+        b: usize,
+        idx: &DeviceBuffer<I>,
+    ) -> Result<usize> {
+        self.check_len(b, idx.len())?;
+        // The slot's last group was consumed one step ago, so its index buffer is free.
+        self.slots[slot].idx.copy_dtod_at(first, idx)?;
+        Ok(idx.len())
+    }
+
+    fn check_len(&self, b: usize, len: usize) -> Result<()> {
+        if len > self.max_batch {
+            return Err(invalid(format!(
+                "batch {b} has {len} indices; the pipeline takes up to {}",
+                self.max_batch
+            )));
+        }
+        Ok(())
+    }
+
+    /// The loop of `run` and `run_device`: `stage` puts batch `b` at `first` of the group
+    /// bound for a slot; every `group` batches (and at the end) the group is launched and the
+    /// previous one handed to the consumer.
+    fn run_groups<T, B, F>(
+        &mut self,
+        batches: B,
+        consume: &mut F,
+        stage: impl Fn(&mut Self, usize, usize, usize, T) -> Result<usize>,
+        from_host: bool,
+    ) -> Result<()>
     where
-        B: IntoIterator,
-        B::Item: AsRef<[I]>,
+        B: IntoIterator<Item = T>,
         F: FnMut(usize, &Gathered<'_>) -> Result<()>,
     {
         let mut pending: Option<usize> = None;
         let mut groups = 0usize;
         let mut members: Vec<(usize, usize, usize)> = Vec::with_capacity(self.group);
+        let mut n = 0usize;
         let mut batches = batches.into_iter().enumerate().peekable();
         while let Some((b, batch)) = batches.next() {
-            let idx = batch.as_ref();
-            if idx.len() > self.max_batch {
-                return Err(invalid(format!(
-                    "batch {b} has {} indices; the pipeline takes up to {}",
-                    idx.len(),
-                    self.max_batch
-                )));
-            }
-            validate_indices(idx, self.table.rows())
-                .map_err(|e| invalid(format!("batch {b}: {e}")))?;
-            let first = self.staged_len;
-            members.push((b, first, idx.len()));
-            let dst = &mut self.staged.as_typed_mut::<I>()[first..first + idx.len()];
-            // In pieces on every core: one thread copies 8 MB (1M i64 indices) in about 1 ms, a
-            // group of 16 batches in 16.
-            dst.par_chunks_mut(1 << 16)
-                .zip(idx.par_chunks(1 << 16))
-                .for_each(|(d, s)| d.copy_from_slice(s));
-            self.staged_len += idx.len();
+            let s = groups % 2;
+            let len = stage(self, s, n, b, batch)?;
+            members.push((b, n, len));
+            n += len;
             if members.len() < self.group && batches.peek().is_some() {
                 continue;
             }
-            let s = groups % 2;
             groups += 1;
-            self.launch(s, std::mem::take(&mut members))?;
+            self.launch(s, std::mem::take(&mut members), n, from_host)?;
             members = Vec::with_capacity(self.group);
+            n = 0;
             self.staged_len = 0;
             if let Some(p) = pending {
-                finish(&mut self.slots[p], self.table.row_bytes(), consume)?;
+                self.finish(p, consume)?;
             }
             pending = Some(s);
         }
         if let Some(p) = pending {
-            finish(&mut self.slots[p], self.table.row_bytes(), consume)?;
+            self.finish(p, consume)?;
         }
         Ok(())
     }
 
-    /// Uploads the staged group into slot `s` and queues its bucketing and gather.
-    fn launch(&mut self, s: usize, members: Vec<(usize, usize, usize)>) -> Result<()> {
+    /// Waits for slot `p`'s group and hands its batches to the consumer.
+    fn finish<F>(&mut self, p: usize, consume: &mut F) -> Result<()>
+    where
+        F: FnMut(usize, &Gathered<'_>) -> Result<()>,
+    {
+        let (row_bytes, rows) = (self.table.row_bytes(), self.table.rows());
+        finish(&mut self.slots[p], row_bytes, rows, consume)
+    }
+
+    /// Uploads the staged group into slot `s` (when it came from the host; device batches are
+    /// in the slot already) and queues the bucketing and gather of its `n` indices.
+    fn launch(
+        &mut self,
+        s: usize,
+        members: Vec<(usize, usize, usize)>,
+        n: usize,
+        from_host: bool,
+    ) -> Result<()> {
         let idx = &self.staged.as_typed::<I>()[..self.staged_len];
-        let n = idx.len();
         let slot = &mut self.slots[s];
         // The slot's last gather finished (its event was waited for) one step ago, so its
         // buffers are free; each copy below blocks until done.
         match &mut slot.out_pos {
-            Some(out_pos) => {
+            Some(out_pos) if from_host => {
                 let (sorted, positions) = sort_with_positions(idx);
                 slot.idx.copy_htod(&sorted)?;
                 out_pos.copy_htod(&positions)?;
             }
-            None => slot.idx.copy_htod(idx)?,
+            _ if from_host => slot.idx.copy_htod(idx)?,
+            _ => {}
         }
         slot.bad.copy_htod(&[u64::MAX])?;
         let stream = &self.launcher.stream;
@@ -313,7 +392,12 @@ impl<'t, I: GatherIndex> GatherPipeline<'t, I> {
 }
 
 /// Waits for a slot's gather, checks its flag and hands each batch to the consumer.
-fn finish<I, F>(slot: &mut Slot<I>, row_bytes: usize, consume: &mut F) -> Result<()>
+fn finish<I: GatherIndex, F>(
+    slot: &mut Slot<I>,
+    row_bytes: usize,
+    table_rows: usize,
+    consume: &mut F,
+) -> Result<()>
 where
     F: FnMut(usize, &Gathered<'_>) -> Result<()>,
 {
@@ -323,15 +407,26 @@ where
     let members = std::mem::take(&mut slot.members);
     let flag = slot.bad.clone_dtoh()?[0];
     if flag != u64::MAX {
+        let k = flag as usize;
         let at = members
             .iter()
-            .find(|&&(_, first, rows)| (first..first + rows).contains(&(flag as usize)));
+            .find(|&&(_, first, rows)| (first..first + rows).contains(&k));
+        // Unsorted groups keep their indices in group order: name the bad one.
+        let mut index = [I::default()];
+        let value = match slot.out_pos {
+            None if k < slot.idx.len() => {
+                slot.idx.copy_dtoh_at(k, &mut index)?;
+                format!("index {} ", index[0].to_i64())
+            }
+            _ => String::new(),
+        };
         return Err(invalid(match at {
             Some(&(b, first, _)) => format!(
-                "the gather kernel flagged position {} of batch {b} after host validation passed",
-                flag as usize - first
+                "batch {b}: {value}at position {} is out of range for a table of {table_rows} \
+                 rows (found by the gather kernel)",
+                k - first
             ),
-            None => format!("the gather kernel flagged position {flag} of a group"),
+            None => format!("the gather kernel flagged position {k} of a group"),
         }));
     }
     for (b, first, rows) in members {

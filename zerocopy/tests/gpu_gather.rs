@@ -316,6 +316,38 @@ fn pipeline_delivers_every_batch_in_order() {
         })
         .unwrap();
         assert_eq!(again, [0, 1]);
+
+        // The same batches from device buffers (no host sort there).
+        let on_device: Vec<DeviceBuffer<i32>> = batches
+            .iter()
+            .map(|b| p.stream().clone_htod(b).unwrap())
+            .collect();
+        if options.sort {
+            let err = p.run_device(&on_device, |_, _| Ok(())).unwrap_err();
+            assert!(err.to_string().contains("host sorting"), "{err}");
+            continue;
+        }
+        let mut seen = Vec::new();
+        p.run_device(&on_device, |b, got| {
+            assert_eq!(
+                got.to_host()?,
+                reference(table.view(), &batches[b]),
+                "device batch {b}"
+            );
+            seen.push(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6]);
+        let bad: Vec<DeviceBuffer<i32>> = bad
+            .iter()
+            .map(|b| p.stream().clone_htod(b).unwrap())
+            .collect();
+        let err = p.run_device(&bad, |_, _| Ok(())).unwrap_err().to_string();
+        assert!(
+            err.contains("batch 1") && err.contains("index 5000 at position 1"),
+            "{err}"
+        );
     }
     assert!(GatherPipeline::<i32>::grouped(&gpu, table.view(), 1000, 0, variants[0]).is_err());
 }
