@@ -9,11 +9,15 @@
 //!   writes; otherwise a calling thread may write a whole frame under the gate's lock, and what
 //!   does not fit in the socket buffer goes to the writer task as the rest of that frame;
 //! - reads: every read and the parse of what it read happen under the `ReadState` lock; while a
-//!   calling thread drives the link (`driven`), the reader task reads nothing and forgets the
-//!   wake-ups it gets (tokio's readiness), so the caller sleeping in `poll(2)` is woken by the
-//!   kernel for every byte that arrives. The caller lets go under the lock and reads once more
-//!   until the socket is empty, so every byte that arrived while it drove is read, and every
-//!   later one wakes the reader task again. Letting go wakes no thread.
+//!   calling thread drives the link (`driven`), the reader task reads nothing.
+//!
+//! Wake-ups: a socket registered with tokio's epoll for reading wakes a tokio thread at every
+//! arrival, which on a 2-core machine takes the core a receiving thread needs. So the writer
+//! task's registration is for writing only, and the reader task holds a read registration
+//! only while no calling thread drives the link: when it finds the link driven it deregisters
+//! (`parked`) and registers again after `REARM` or when a thread that sleeps on the engine asks
+//! ([`Link::wake_reader`]). Registering reports bytes already waiting, so none are stranded, and
+//! letting go of a link wakes no thread.
 
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -22,8 +26,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWriteExt, BufWriter, Interest};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::Core;
@@ -36,6 +40,8 @@ use crate::telemetry::Record;
 const READER_TURN_BYTES: usize = 4 << 20;
 /// The read buffer of a connection: several small frames per system call.
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// How long a reader task that stepped aside for a calling thread waits before it looks again.
+const REARM: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The completion of one send: how many shares are still on their way, and the first error.
 #[derive(Debug)]
@@ -186,7 +192,9 @@ pub(crate) struct Link {
     rx: Mutex<ReadState>,
     /// A calling thread reads this link (see [`Link::try_drive`]).
     driven: AtomicBool,
-    /// Wakes the reader task when a calling thread has ended the link.
+    /// The reader task has stepped aside (no read registration).
+    parked: AtomicBool,
+    /// Wakes a parked reader task (a thread sleeps on the engine, or the link has ended).
     resume: Notify,
     kill: watch::Sender<bool>,
 }
@@ -260,11 +268,19 @@ impl Link {
 
     /// Makes the calling thread this link's reader until the returned guard drops; `None` if
     /// another thread drives it already.
-    pub(crate) fn try_drive(self: &Arc<Self>, core: &Arc<Core>) -> Option<Driving> {
+    pub(crate) fn try_drive(self: &Arc<Self>) -> Option<Driving> {
         self.driven
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
-            .map(|_| Driving(Arc::clone(self), Arc::clone(core)))
+            .map(|_| Driving(Arc::clone(self)))
+    }
+
+    /// Asks a reader task that stepped aside to read again now (for a thread about to sleep on
+    /// the engine, which needs the reader task; costs nothing when it has not stepped aside).
+    pub(crate) fn wake_reader(&self) {
+        if self.parked.load(Ordering::Acquire) {
+            self.resume.notify_one();
+        }
     }
 
     /// The socket's descriptor, for `poll(2)`.
@@ -323,7 +339,7 @@ impl Link {
 
 /// A calling thread's claim on reading a link; dropping it hands reading back to the reader
 /// task.
-pub(crate) struct Driving(Arc<Link>, Arc<Core>);
+pub(crate) struct Driving(Arc<Link>);
 
 impl Driving {
     pub(crate) fn link(&self) -> &Link {
@@ -333,15 +349,9 @@ impl Driving {
 
 impl Drop for Driving {
     fn drop(&mut self) {
-        let link = &self.0;
-        let mut st = lock(&link.rx);
-        link.driven.store(false, Ordering::Release);
-        // What arrived since the last read may have woken the reader task while it had to stay
-        // away; read it now (see the module docs). Without such a wake-up, the reader task
-        // still has tokio's readiness for whatever came and reads it.
-        if std::mem::take(&mut st.missed) {
-            link.read_locked(&self.1, &mut st);
-        }
+        // The reader task registers again after REARM (or when asked), and registering reports
+        // whatever arrived meanwhile (see the module docs).
+        self.0.driven.store(false, Ordering::Release);
     }
 }
 
@@ -394,14 +404,26 @@ pub(crate) fn spawn(
     tokio::task::JoinHandle<()>,
     tokio::task::JoinHandle<()>,
 )> {
-    let sock = stream
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::net::TcpStream::from)
-        .map_err(|e| Error::Io {
-            what: format!("duplicating the socket of rail {rail} to rank {peer}"),
-            message: e.to_string(),
-        })?;
+    let io = |what: &str, e: std::io::Error| Error::Io {
+        what: format!("{what} the socket of rail {rail} to rank {peer}"),
+        message: e.to_string(),
+    };
+    // Out of tokio's registration for reading and writing (see the module docs); the
+    // descriptor stays non-blocking. The calling threads use `sock`, the tasks duplicates.
+    let sock = stream.into_std().map_err(|e| io("taking", e))?;
+    let dup = || {
+        sock.as_fd()
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+    };
+    let (wsock, rsock) = (
+        dup().map_err(|e| io("duplicating", e))?,
+        dup().map_err(|e| io("duplicating", e))?,
+    );
+    let w = {
+        let _rt = rt.enter();
+        register(wsock, Interest::WRITABLE).map_err(|(_, e)| io("registering", e))?
+    };
     let (kill, kill_rx) = watch::channel(false);
     core.faults.register_kill(rail, peer, kill.clone());
     let (jobs, rx) = mpsc::unbounded_channel();
@@ -413,10 +435,10 @@ pub(crate) fn spawn(
         gate: Mutex::new(Gate::default()),
         rx: Mutex::new(ReadState::new()),
         driven: AtomicBool::new(false),
+        parked: AtomicBool::new(false),
         resume: Notify::new(),
         kill,
     });
-    let (r, w) = stream.into_split();
     let writer = rt.spawn(write_loop(
         Arc::clone(core),
         Arc::clone(&link),
@@ -424,7 +446,12 @@ pub(crate) fn spawn(
         rx,
         kill_rx.clone(),
     ));
-    let reader = rt.spawn(read_loop(Arc::clone(core), Arc::clone(&link), r, kill_rx));
+    let reader = rt.spawn(read_loop(
+        Arc::clone(core),
+        Arc::clone(&link),
+        rsock,
+        kill_rx,
+    ));
     Ok((link, writer, reader))
 }
 
@@ -436,15 +463,53 @@ fn rail_down(rail: usize, peer: usize, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The writer task's socket: registered with tokio for writing only.
+type Writer = AsyncFd<std::net::TcpStream>;
+
+/// Registers `sock` with the current tokio runtime's reactor for `interest` (the socket is
+/// handed back on failure).
+fn register(
+    sock: std::net::TcpStream,
+    interest: Interest,
+) -> std::result::Result<AsyncFd<std::net::TcpStream>, (std::net::TcpStream, std::io::Error)> {
+    // SAFETY: a `std::net::TcpStream` owns its descriptor, which stays open and the same for
+    // as long as the stream lives, and the `AsyncFd` owns the stream until it drops it or
+    // hands it back with `into_inner`.
+    unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(|e| e.into_parts())
+}
+
+/// Writes `head` then `body` whole, waiting for room in the socket buffer as needed.
+async fn write_all(w: &Writer, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
+    while !head.is_empty() || !body.is_empty() {
+        let mut g = w.writable().await?;
+        let r = g.try_io(|s| {
+            s.get_ref()
+                .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+        });
+        match r {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => {
+                let h = n.min(head.len());
+                head = &head[h..];
+                body = &body[n - h..];
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            // Not writable after all: readiness was cleared; wait again.
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 async fn write_loop(
     core: Arc<Core>,
     link: Arc<Link>,
-    w: OwnedWriteHalf,
+    w: Writer,
     mut rx: mpsc::UnboundedReceiver<Job>,
     mut kill: watch::Receiver<bool>,
 ) {
     let (peer, rail) = (link.peer, link.rail);
-    let mut w = BufWriter::with_capacity(64 << 10, w);
     let mut bucket = Bucket::new();
     loop {
         let job = tokio::select! {
@@ -458,9 +523,8 @@ async fn write_loop(
                     kind: KIND_BYE,
                     ..Default::default()
                 };
-                let _ = w.write_all(&h.encode()).await;
-                let _ = w.flush().await;
-                let _ = w.shutdown().await;
+                let _ = write_all(&w, &h.encode(), &[]).await;
+                let _ = link.sock.shutdown(std::net::Shutdown::Write);
                 break;
             }
             Job::Share(share) => (share, None),
@@ -469,8 +533,8 @@ async fn write_loop(
         let result = tokio::select! {
             r = async {
                 match &rest {
-                    Some(rest) => write_rest(&core, &mut w, &share, rest).await,
-                    None => write_share(&core, &mut w, &share, &mut bucket, peer, rail).await,
+                    Some(rest) => write_rest(&core, &w, &share, rest).await,
+                    None => write_share(&core, &w, &share, &mut bucket, peer, rail).await,
                 }
             } => r,
             _ = kill.wait_for(|k| *k) => Err(rail_down(rail, peer, "connection dropped")),
@@ -498,22 +562,16 @@ async fn write_loop(
 
 /// Writes the end of a frame a calling thread began (no faults applied to it when it started,
 /// so none are applied to its end).
-async fn write_rest(
-    core: &Core,
-    w: &mut BufWriter<OwnedWriteHalf>,
-    share: &Share,
-    rest: &[u8],
-) -> Result<()> {
+async fn write_rest(core: &Core, w: &Writer, share: &Share, rest: &[u8]) -> Result<()> {
     let io = |e: std::io::Error| rail_down(share.rail, share.peer, e.to_string());
-    w.write_all(rest).await.map_err(io)?;
-    w.flush().await.map_err(io)?;
+    write_all(w, rest, &[]).await.map_err(io)?;
     record_send(core, share, share.start_ns, share.peer, share.rail);
     Ok(())
 }
 
 async fn write_share(
     core: &Core,
-    w: &mut BufWriter<OwnedWriteHalf>,
+    w: &Writer,
     share: &Share,
     bucket: &mut Bucket,
     peer: usize,
@@ -537,30 +595,32 @@ async fn write_share(
         h.kind = KIND_DATA;
         h.offset = h.share_offset + done as u64;
         h.len = n as u32;
-        w.write_all(&h.encode()).await.map_err(io)?;
+        let head = h.encode();
         let payload = &share.data[done..done + n];
-        // Under a cap, write in pieces so the pacing is smooth.
+        // Under a cap, write in pieces so the pacing is smooth; the header goes with the first.
+        let mut head: &[u8] = &head;
         for piece in payload.chunks(64 << 10) {
             let f = core.faults.current(rail, peer);
             if let Some(until) = f.stall_until.filter(|u| *u > Instant::now()) {
-                w.flush().await.map_err(io)?;
                 tokio::time::sleep_until(until.into()).await;
             }
             if let Some(rate) = f.cap {
                 let pause = bucket.take(piece.len(), rate);
                 if !pause.is_zero() {
-                    w.flush().await.map_err(io)?;
                     tokio::time::sleep(pause).await;
                 }
             }
-            w.write_all(piece).await.map_err(io)?;
+            write_all(w, head, piece).await.map_err(io)?;
+            head = &[];
+        }
+        if !head.is_empty() {
+            write_all(w, head, &[]).await.map_err(io)?;
         }
         done += n;
         if done >= len {
             break;
         }
     }
-    w.flush().await.map_err(io)?;
     record_send(core, share, write_start, peer, rail);
     Ok(())
 }
@@ -596,8 +656,6 @@ struct ReadState {
     share_start: u64,
     /// The link has ended (goodbye or failure); nothing more is read.
     finished: bool,
-    /// The reader task forgot a wake-up while a calling thread drove the link.
-    missed: bool,
 }
 
 impl ReadState {
@@ -609,7 +667,6 @@ impl ReadState {
             frame: None,
             share_start: 0,
             finished: false,
-            missed: false,
         }
     }
 
@@ -745,66 +802,115 @@ impl ReadState {
     }
 }
 
+/// What one wake-up of the reader task leads to.
+enum Step {
+    /// Wait again (nothing to read, or the lock was busy).
+    Again,
+    /// The turn's budget is spent; let other tasks run, then read on.
+    More,
+    /// A calling thread drives the link: step aside.
+    Aside,
+    /// The link has ended.
+    Done,
+    /// The connection was dropped by the fault layer (handled outside `select!`, whose
+    /// `wait_for` arm holds the kill switch's read lock that ending the link needs).
+    Killed,
+}
+
 /// Reads frames whenever no calling thread drives the link, until the peer's goodbye or a
-/// failure.
+/// failure (see the module docs for when it holds a read registration).
 async fn read_loop(
     core: Arc<Core>,
     link: Arc<Link>,
-    r: OwnedReadHalf,
+    sock: std::net::TcpStream,
     mut kill: watch::Receiver<bool>,
 ) {
     let (peer, rail) = (link.peer, link.rail);
+    let mut spare = Some(sock);
+    let mut watch: Option<AsyncFd<std::net::TcpStream>> = None;
     loop {
-        let killed = tokio::select! {
-            _ = r.readable() => false,
-            _ = link.resume.notified() => false,
-            _ = kill.wait_for(|k| *k) => true,
-        };
-        // A calling thread holds the lock only while it reads, so a busy lock means "later".
-        let more = match link.rx.try_lock() {
-            Err(TryLockError::WouldBlock) => true,
-            locked => {
-                let mut st = locked.unwrap_or_else(|e| match e {
-                    TryLockError::Poisoned(p) => p.into_inner(),
-                    TryLockError::WouldBlock => unreachable!("matched above"),
-                });
-                if st.finished {
+        if watch.is_none() && !link.driven.load(Ordering::Acquire) {
+            let Some(sock) = spare.take() else { return };
+            match register(sock, Interest::READABLE) {
+                Ok(a) => {
+                    watch = Some(a);
+                    link.parked.store(false, Ordering::Release);
+                }
+                Err((_, e)) => {
+                    let mut st = lock(&link.rx);
+                    link.end(&core, &mut st, Err(rail_down(rail, peer, e.to_string())));
                     return;
-                }
-                if killed {
-                    link.end(
-                        &core,
-                        &mut st,
-                        Err(rail_down(rail, peer, "connection dropped")),
-                    );
-                    return;
-                }
-                // Checked under the lock: once a calling thread has read under it, this task
-                // reads nothing until the thread lets go, and forgets this wake-up (the thread
-                // reads those bytes before it lets go).
-                if link.driven.load(Ordering::Acquire) {
-                    let _ = r.as_ref().try_io(Interest::READABLE, || {
-                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                    });
-                    st.missed = true;
-                    continue;
-                }
-                match st.pump(&core, peer, rail, Until::WouldBlock, |b| r.try_read(b)) {
-                    Ok(Pumped::Idle) => false,
-                    Ok(Pumped::More) => true,
-                    Ok(Pumped::Bye) => {
-                        link.end(&core, &mut st, Ok(()));
-                        return;
-                    }
-                    Err(e) => {
-                        link.end(&core, &mut st, Err(e));
-                        return;
-                    }
                 }
             }
-        };
-        if more {
-            tokio::task::yield_now().await;
         }
+        let step = match &watch {
+            Some(a) => tokio::select! {
+                g = a.readable() => match g {
+                    Ok(mut g) => link.turn(&core, |b| match g.try_io(|s| s.get_ref().read(b)) {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+                    }),
+                    Err(e) => link.fail(&core, rail_down(rail, peer, e.to_string())),
+                },
+                _ = link.resume.notified() => Step::Again,
+                _ = kill.wait_for(|k| *k) => Step::Killed,
+            },
+            None => tokio::select! {
+                _ = link.resume.notified() => Step::Again,
+                _ = tokio::time::sleep(REARM) => Step::Again,
+                _ = kill.wait_for(|k| *k) => Step::Killed,
+            },
+        };
+        match step {
+            Step::Again => {}
+            Step::More => tokio::task::yield_now().await,
+            Step::Aside => {
+                link.parked.store(true, Ordering::Release);
+                spare = watch.take().map(AsyncFd::into_inner);
+            }
+            Step::Done => return,
+            Step::Killed => {
+                link.fail(&core, rail_down(rail, peer, "connection dropped"));
+                return;
+            }
+        }
+    }
+}
+
+impl Link {
+    /// One turn of the reader task: reads with `read` unless a calling thread drives the link.
+    fn turn(&self, core: &Core, read: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> Step {
+        // A calling thread holds the lock only while it reads, so a busy lock means "later".
+        let mut st = match self.rx.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::WouldBlock) => return Step::Again,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        if st.finished {
+            return Step::Done;
+        }
+        // Checked under the lock: once a calling thread has read under it, this task reads
+        // nothing until the thread lets go.
+        if self.driven.load(Ordering::Acquire) {
+            return Step::Aside;
+        }
+        match st.pump(core, self.peer, self.rail, Until::WouldBlock, read) {
+            Ok(Pumped::Idle) => Step::Again,
+            Ok(Pumped::More) => Step::More,
+            Ok(Pumped::Bye) => {
+                self.end(core, &mut st, Ok(()));
+                Step::Done
+            }
+            Err(e) => {
+                self.end(core, &mut st, Err(e));
+                Step::Done
+            }
+        }
+    }
+
+    /// Ends the link with `e` (unless it has ended already).
+    fn fail(&self, core: &Core, e: Error) -> Step {
+        self.end(core, &mut lock(&self.rx), Err(e));
+        Step::Done
     }
 }

@@ -32,8 +32,15 @@
 //!   reads a connection its reader task does, so sockets are always drained and two ranks
 //!   sending to each other never deadlock.
 //!
-//! Measured (`ferry-tcp-bench --latency`, loopback, 2-core VM): 8 B one way 41 -> 20-23 us
-//! against 9-11 us for a plain socket pair; see bench/RESULTS.md for the test bed.
+//! - No tokio thread wakes for an arrival on a connection a calling thread reads: the writer
+//!   task's socket is registered for writing only, and the reader task drops its read
+//!   registration while a calling thread drives the connection (see [`link`]).
+//!
+//! Measured (`ferry-tcp-bench --latency`, loopback, 2-core VM, alternating in the same
+//! minutes): 8 B one way 41 us before, 14-19 us with the direct path alone, 9.5-11 us with the
+//! tokio wake-ups gone too, level with a plain blocking socket pair (8.5-12 us when the machine
+//! is busy; slower when it idles, as a sleeping thread wakes slowly in this VM and the direct
+//! path polls before it sleeps). See bench/RESULTS.md for the test bed.
 //!
 //! Failures are typed: a connection that closes without the peer's goodbye, or a protocol
 //! error from it, is [`Error::RailDown`] for operations with that peer; once every rail to a
@@ -41,12 +48,12 @@
 //! stalls and dropped connections per rail and peer. Every rail share of every send and
 //! receive becomes a [`crate::Record`] in [`Comm::telemetry`] (peer = world rank).
 //!
-//! Not done yet: the tokio I/O thread is still woken by every arrival on a connection that a
-//! receiving thread reads itself (the socket stays registered with tokio's epoll; the reader
-//! task then only steps aside), which costs CPU though no hand-off; a receive that another
-//! thread's message to this rank completes, or that completes another way while its thread
-//! sleeps in `poll(2)`, is seen within 10 ms; non-blocking tests (`test_raw`) do not read
-//! sockets themselves. A rail that dies is not routed around (operations with that peer fail with
+//! Not done yet: a receive that another thread's message to this rank completes, or that
+//! completes another way while its thread sleeps in `poll(2)`, is seen within 10 ms; a reader
+//! task that stepped aside reads again within 2 ms (at once for a thread that sleeps on the
+//! engine, a blocking probe or a `test_raw`); non-blocking tests (`test_raw`) do not read
+//! sockets themselves; a receive polls 50 us before it sleeps, which costs a core on an
+//! oversubscribed machine. A rail that dies is not routed around (operations with that peer fail with
 //! `RailDown`; the sender would need to re-send the lost shares on a live rail); buffering of
 //! unexpected messages is bounded per message (`max_message_bytes`), not in total.
 
@@ -695,6 +702,8 @@ impl TcpComm {
         {
             return r;
         }
+        // The reader tasks complete this receive: any that stepped aside read again now.
+        self.wake_readers(source);
         // Poll briefly before sleeping: a reply to a small message usually arrives within
         // tens of microseconds, and waking a thread parked on the condition variable costs
         // about as much again. Yielding between polls lets the I/O threads run on a busy core.
@@ -728,21 +737,35 @@ impl TcpComm {
         }
     }
 
+    /// The connections a message matching `source` can come on.
+    fn links_of(&self, source: Source) -> impl Iterator<Item = &Arc<Link>> {
+        let me = self.core().world_rank;
+        let peers = match source {
+            Source::Rank(r) => &self.group[r..r + 1],
+            Source::Any => &self.group[..],
+        };
+        peers
+            .iter()
+            .filter(move |&&w| w != me)
+            .flat_map(|&w| self.inner.links[w].iter().flatten())
+    }
+
     /// Claims the reading of every connection a message matching `source` can come on; `None`
     /// when there is none (a message to itself) or another thread reads one of them.
     fn drive(&self, source: Source) -> Option<Vec<link::Driving>> {
-        let me = self.core().world_rank;
-        let peers: Vec<usize> = match source {
-            Source::Rank(r) => vec![self.group[r]],
-            Source::Any => self.group.iter().copied().collect(),
-        };
-        let mut claimed = Vec::new();
-        for w in peers.into_iter().filter(|&w| w != me) {
-            for link in self.inner.links[w].iter().flatten() {
-                claimed.push(link.try_drive(&self.inner.core)?);
-            }
-        }
+        let claimed = self
+            .links_of(source)
+            .map(|link| link.try_drive())
+            .collect::<Option<Vec<_>>>()?;
         (!claimed.is_empty()).then_some(claimed)
+    }
+
+    /// Has the reader tasks that stepped aside for a calling thread read `source`'s connections
+    /// again (for a wait that relies on them).
+    fn wake_readers(&self, source: Source) {
+        for link in self.links_of(source) {
+            link.wake_reader();
+        }
     }
 
     /// Reads the `driving` connections on this thread until posted receive `id` completes or
@@ -836,6 +859,7 @@ impl TcpComm {
     fn probe_on(&self, source: Source, tag: TagMatch, block: bool) -> Result<Option<Status>> {
         let core = self.core();
         let deadline = Instant::now() + core.config.timeout;
+        self.wake_readers(source);
         let mut engine = core.engine();
         loop {
             if let Some(i) = engine.find_unexpected(self.ctx, source, tag) {
@@ -1009,11 +1033,14 @@ impl Comm for TcpComm {
                 None => Ok(None),
                 Some(r) => r.map(|()| Some(*status)),
             },
-            RequestKind::Recv { id, .. } => {
-                let mut engine = self.core().engine();
-                match engine.take_completed(*id) {
+            RequestKind::Recv { id, source, .. } => {
+                let done = self.core().engine().take_completed(*id);
+                match done {
                     Some(r) => r.map(Some),
-                    None => Ok(None),
+                    None => {
+                        self.wake_readers(*source);
+                        Ok(None)
+                    }
                 }
             }
             RequestKind::Done(r) => match r.take() {
