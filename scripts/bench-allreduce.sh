@@ -20,7 +20,9 @@
 # Environment: RANKS ("2 4"), LAUNCHES (3), MAX_BYTES (256M), TARGET_SECONDS (0.3),
 # MAX_SECONDS (per sweep, 150), STREAM_OPS (60, 0 to skip), THROTTLE_AFTER (3), THROTTLE_RATE
 # (500mbit), FERRY_ARGS and FERRY_STREAM_ARGS (both "--links 3 --chunk-bytes 1MiB
-# --reprobe-min-bytes 8MiB"), CARGO_TARGET_DIR (target).
+# --reprobe-min-bytes 8MiB"), CARGO_TARGET_DIR (target), FAST_RATE and SLOW_RATE (the rails'
+# tbf rates, 2gbit and 200mbit, in mbit or gbit; Open MPI's tuned weights follow them; at 4
+# ranks keep 4 x (FAST + SLOW) under about 3 Gbit/s on a 2-core machine, e.g. 600mbit/60mbit).
 # The machine is shared (2 cores): records carry the load average; repeat runs and compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +41,16 @@ throttle_after=${THROTTLE_AFTER:-3}
 throttle_rate=${THROTTLE_RATE:-500mbit}
 read -r -a ferry_args <<<"${FERRY_ARGS:---links 3 --chunk-bytes 1MiB --reprobe-min-bytes 8MiB}"
 read -r -a stream_args <<<"${FERRY_STREAM_ARGS:---links 3 --chunk-bytes 1MiB --reprobe-min-bytes 8MiB}"
-fast=2gbit slow=200mbit
+fast=${FAST_RATE:-2gbit} slow=${SLOW_RATE:-200mbit}
+# A tc rate in Mbit/s (for Open MPI's btl_tcp_bandwidth_*).
+mbit() {
+    case ${1,,} in
+        *gbit) echo $((${1%[gG]bit} * 1000)) ;;
+        *mbit) echo "${1%[mM]bit}" ;;
+        *) echo "bench-allreduce: rate $1 is not in mbit or gbit" >&2; exit 2 ;;
+    esac
+}
+fast_mbit=$(mbit "$fast") slow_mbit=$(mbit "$slow")
 export FERRY_TESTBED_PREFIX=${FERRY_TESTBED_PREFIX:-ferry-arb}
 export FERRY_TESTBED_DIR=/tmp/${FERRY_TESTBED_PREFIX}-testbed
 export FERRY_TESTBED_TIMEOUT=$((budget + 120))
@@ -55,7 +66,7 @@ bench="$(cd "$target_dir" && pwd)/release/ferry-bench"
 mkdir -p target/c "$(dirname "$out")"
 ompi=target/c/allreduce_mpi
 mpicc -O2 -Wall -Wextra -o "$ompi" bench/c/allreduce_mpi.c
-tuned=(--mca btl_tcp_bandwidth_fast 2000 --mca btl_tcp_bandwidth_slow 200
+tuned=(--mca btl_tcp_bandwidth_fast "$fast_mbit" --mca btl_tcp_bandwidth_slow "$slow_mbit"
     --mca btl_tcp_latency_fast 10 --mca btl_tcp_latency_slow 100)
 
 raw=$(mktemp -d)
