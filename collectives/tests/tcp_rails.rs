@@ -11,8 +11,13 @@ use ferry_comm::{Comm, Fault, TcpComm, TcpConfig};
 const TOKEN: &[u8] = b"collectives-rails-token-0123456789";
 
 fn job<R: Send>(n: usize, f: impl Fn(TcpComm) -> R + Sync) -> Vec<R> {
+    // A loopback address of its own per job for the rendezvous, so that no parallel test's
+    // rail (on 127.0.0.1 / .2) can take the port freed here.
     let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = format!("127.0.{}.{}", 10 + n / 250 % 240, 1 + n % 250);
+        let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
         l.local_addr().unwrap().to_string()
     };
     std::thread::scope(|s| {

@@ -7,10 +7,15 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "process-test-token-0123456789abcdef";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A rendezvous address on a loopback address of its own per call, so that no rank's rail
+/// (on 127.0.0.1) of a parallel test can take the port freed here.
+fn free_addr() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = format!("127.0.{}.{}", 10 + n / 250 % 240, 1 + n % 250);
+    std::net::TcpListener::bind(format!("{ip}:0"))
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+        .map(|a| a.to_string())
         .expect("a free loopback port")
 }
 
@@ -63,7 +68,7 @@ fn finish(mut child: Child, limit: Duration) -> (bool, String) {
 }
 
 fn conformance(n: usize) {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     let children: Vec<Child> = (0..n)
         .map(|r| spawn_rank(&addr, r, n, "conformance", 30_000))
         .collect();
@@ -89,7 +94,7 @@ fn conformance_3_processes() {
 
 #[test]
 fn a_peer_killed_mid_receive_is_a_typed_error_not_a_hang() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     // A 20 s operation timeout: the receive must end with PeerGone or RailDown well before.
     let receiver = spawn_rank(&addr, 0, 2, "recv-from-dying", 20_000);
     let mut sender = spawn_rank(&addr, 1, 2, "slow-sender", 20_000);

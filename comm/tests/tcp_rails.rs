@@ -16,8 +16,13 @@ fn config(timeout: Duration) -> TcpConfig {
     c
 }
 
+/// A rendezvous address no rail can take: a loopback address of its own per call (the rails
+/// bind ports of 127.0.0.1 and .2, and a port freed here could go to a parallel test's rail).
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = format!("127.0.{}.{}", 10 + n / 250 % 240, 1 + n % 250);
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
     l.local_addr().unwrap().to_string()
 }
 
