@@ -219,6 +219,9 @@ fn two_ranks_flooding_each_other_do_not_deadlock() {
 fn direct_sends_and_receives_are_in_the_telemetry() {
     let recs = pair(|r, c| {
         let t = c.telemetry().unwrap().total();
+        // Both ranks mark the ring first: a receive share is recorded when it arrives, which
+        // could otherwise be before the receiver reads `t` (this failed once in CI).
+        c.barrier().unwrap();
         let mut b = [0u8; 8];
         if r == 0 {
             c.send(1, 1, b"01234567").unwrap();
