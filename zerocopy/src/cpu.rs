@@ -69,3 +69,26 @@ impl CpuGather {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_only_views_gather_on_the_cpu() {
+        // Ordinary memory, as after a failed pin: 5 rows of 3 bytes.
+        let bytes: Vec<u8> = (0..15).collect();
+        let view = TableView::host_only(&bytes, 3).unwrap();
+        assert!(!view.is_mapped());
+        assert_eq!((view.rows(), view.row_bytes()), (5, 3));
+        let mut dst = vec![0u8; 9];
+        gather_rows_cpu(view, &[4i64, 0, 4], &mut dst).unwrap();
+        assert_eq!(dst, [12, 13, 14, 0, 1, 2, 12, 13, 14]);
+        let e = gather_rows_cpu(view, &[5i32], &mut dst).unwrap_err();
+        assert!(e.to_string().contains("index 5 at position 0"), "{e}");
+        assert!(TableView::host_only(&bytes, 4).is_err());
+        assert!(TableView::host_only(&bytes, 0).is_err());
+        let e = crate::gather::check_mapped(&view).unwrap_err();
+        assert!(e.to_string().contains("CPU path"), "{e}");
+    }
+}

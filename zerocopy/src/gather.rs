@@ -406,6 +406,7 @@ fn check_sizes(
     out_pos: Option<&DeviceBuffer<i64>>,
     out: &DeviceBuffer<u8>,
 ) -> Result<()> {
+    check_mapped(table)?;
     let rb = table.row_bytes();
     let need = n
         .checked_mul(rb)
@@ -422,6 +423,17 @@ fn check_sizes(
     Ok(())
 }
 
+/// Refuses a view the GPU cannot read ([`TableView::host_only`]).
+pub(crate) fn check_mapped(table: &TableView<'_>) -> Result<()> {
+    if table.is_mapped() || table.as_bytes().is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        "this table view is host memory the GPU cannot read (not pinned and mapped): gather it \
+         with the CPU path (gather_rows_cpu or CpuGather)",
+    ))
+}
+
 /// Copies the first `out.len()` bytes of `table` into `out` with a plain sequential kernel
 /// (16-byte loads, four in flight per thread): the ceiling for reading mapped memory. Needs
 /// 16-byte-aligned addresses and a multiple of 16 bytes. Returns the kernel's milliseconds.
@@ -431,6 +443,7 @@ pub fn stream_copy(
     out: &mut DeviceBuffer<u8>,
 ) -> Result<f32> {
     let bytes = out.len();
+    check_mapped(&table)?;
     if bytes > table.as_bytes().len() {
         return Err(invalid(format!(
             "copying {bytes} bytes from a view of {}",

@@ -14,6 +14,10 @@
 //! gatherer per GPU ([`HostTable::view`] works on any of them). Ranks on one host share one
 //! table by mapping the same file (e.g. under `/dev/shm`) and registering it each.
 //!
+//! When pinning fails (the locked-memory limit, size), the error says so and
+//! [`TableView::host_only`] over the same rows in ordinary memory still serves the CPU path
+//! ([`crate::CpuGather`]); GPU gathers refuse such a view with an error.
+//!
 //! Not done yet: read-only registration of `PROT_READ` mappings (ferry-gpu lacks the flag, so
 //! files are mapped copy-on-write or shared writable), tables above one allocation.
 
@@ -526,6 +530,29 @@ pub struct TableView<'a> {
 }
 
 impl<'a> TableView<'a> {
+    /// A view of rows in ordinary host memory, for when pinning the table failed (memlock
+    /// limit, size): the CPU path ([`crate::gather_rows_cpu`], [`crate::CpuGather`]) reads it,
+    /// GPU gathers refuse it with an error. `bytes` must hold a whole number of rows.
+    pub fn host_only(bytes: &'a [u8], row_bytes: usize) -> Result<Self> {
+        if row_bytes == 0 || bytes.len() % row_bytes != 0 {
+            return Err(invalid(format!(
+                "{} bytes are not a whole number of {row_bytes}-byte rows",
+                bytes.len()
+            )));
+        }
+        Ok(TableView {
+            device_ptr: 0,
+            bytes,
+            rows: bytes.len() / row_bytes,
+            row_bytes,
+        })
+    }
+
+    /// True when kernels can read the view (pinned and mapped host memory).
+    pub fn is_mapped(&self) -> bool {
+        self.device_ptr != 0
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
@@ -536,7 +563,7 @@ impl<'a> TableView<'a> {
         self.row_bytes
     }
 
-    /// The device address of the first row.
+    /// The device address of the first row (0 for a [`host_only`](Self::host_only) view).
     pub fn device_ptr(&self) -> u64 {
         self.device_ptr
     }

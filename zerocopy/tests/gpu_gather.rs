@@ -377,6 +377,33 @@ fn file_and_anonymous_tables_gather_like_allocated() {
 }
 
 #[test]
+fn host_only_views_are_refused_by_gpu_gathers() {
+    let Some(gpu) = gpu_or_skip("host_only_views_are_refused_by_gpu_gathers") else {
+        return;
+    };
+    let bytes = vec![7u8; 64 * 100];
+    let view = TableView::host_only(&bytes, 64).unwrap();
+    let mut g = Gatherer::new(&gpu, GatherOptions::default()).unwrap();
+    let mut out: DeviceBuffer<u8> = g.stream().alloc_zeros(64 * 3).unwrap();
+    for bucket in [true, false] {
+        g = Gatherer::new(
+            &gpu,
+            GatherOptions {
+                bucket,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = g.gather(view, &[1i64, 2, 3], &mut out).unwrap_err();
+        assert!(e.to_string().contains("CPU path"), "{e}");
+    }
+    // The CPU path reads it.
+    let mut cpu = CpuGather::new(&gpu, 64 * 3).unwrap();
+    cpu.gather(view, &[1i64, 2, 3], &mut out).unwrap();
+    assert_eq!(out.clone_dtoh().unwrap(), vec![7u8; 64 * 3]);
+}
+
+#[test]
 fn vmm_table_gathers_like_allocated() {
     let Some(gpu) = gpu_or_skip("vmm_table_gathers_like_allocated") else {
         return;
