@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::scope::{self, Scope};
 use crate::telemetry::Telemetry;
+use tracing::span::EnteredSpan;
 
 /// A message tag. Legal tags are `0..=Comm::tag_ub()`.
 pub type Tag = i32;
@@ -344,6 +345,28 @@ pub fn check_rail_weights(weights: &[f64], rails: usize) -> Result<Vec<f64>> {
         return Err(Error::InvalidArgument("every rail weight is 0".into()));
     }
     Ok(weights.iter().map(|w| w / total).collect())
+}
+
+/// Checks a send's destination and tag against `comm`, as every backend's send does first.
+pub(crate) fn check_send<C: Comm + ?Sized>(comm: &C, dest: usize, tag: Tag) -> Result<()> {
+    check_rank(dest, comm.size())?;
+    check_tag(tag, comm.tag_ub())
+}
+
+/// Checks a receive's or probe's source and tag selectors against `comm`.
+pub(crate) fn check_recv<C: Comm + ?Sized>(comm: &C, source: Source, tag: TagMatch) -> Result<()> {
+    check_source(source, comm.size())?;
+    check_tag_match(tag, comm.tag_ub())
+}
+
+/// The `tracing` span of a blocking send (`FERRY_LOG`), the same for every backend.
+pub(crate) fn send_span(rank: usize, dest: usize, tag: Tag, bytes: usize) -> EnteredSpan {
+    tracing::debug_span!("send", rank, peer = dest, tag, bytes).entered()
+}
+
+/// The `tracing` span of a blocking receive.
+pub(crate) fn recv_span(rank: usize, source: Source, tag: TagMatch, bytes: usize) -> EnteredSpan {
+    tracing::debug_span!("recv", rank, peer = %source, tag = %tag, bytes).entered()
 }
 
 pub(crate) fn check_rank(rank: usize, size: usize) -> Result<()> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use mpi::ffi;
 
 use crate::comm::{
-    Comm, Source, Status, Tag, TagMatch, check_rank, check_source, check_tag, check_tag_match,
+    Comm, Source, Status, Tag, TagMatch, check_recv, check_send, recv_span, send_span,
 };
 use crate::error::{Error, Result};
 
@@ -350,16 +350,8 @@ impl Comm for MpiComm {
     }
 
     fn send(&self, dest: usize, tag: Tag, buf: &[u8]) -> Result<()> {
-        let _span = tracing::debug_span!(
-            "send",
-            rank = self.rank,
-            peer = dest,
-            tag,
-            bytes = buf.len()
-        )
-        .entered();
-        check_rank(dest, self.size)?;
-        check_tag(tag, self.tag_ub)?;
+        let _span = send_span(self.rank, dest, tag, buf.len());
+        check_send(self, dest, tag)?;
         let count = count_of(buf.len())?;
         // SAFETY: `buf` is valid for `count` bytes for the duration of this blocking call.
         check("MPI_Send", unsafe {
@@ -375,10 +367,8 @@ impl Comm for MpiComm {
     }
 
     fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status> {
-        let _span = tracing::debug_span!("recv", rank = self.rank, peer = %source, tag = %tag, bytes = buf.len())
-            .entered();
-        check_source(source, self.size)?;
-        check_tag_match(tag, self.tag_ub)?;
+        let _span = recv_span(self.rank, source, tag, buf.len());
+        check_recv(self, source, tag)?;
         let count = count_of(buf.len())?;
         let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
         // SAFETY: `buf` is valid for writes of `count` bytes during this blocking call.
@@ -401,8 +391,7 @@ impl Comm for MpiComm {
     fn probe(&self, source: Source, tag: TagMatch) -> Result<Status> {
         let _span =
             tracing::debug_span!("probe", rank = self.rank, peer = %source, tag = %tag).entered();
-        check_source(source, self.size)?;
-        check_tag_match(tag, self.tag_ub)?;
+        check_recv(self, source, tag)?;
         let s = self.probe_status(source, tag)?;
         Ok(Status {
             source: s.MPI_SOURCE as usize,
@@ -412,8 +401,7 @@ impl Comm for MpiComm {
     }
 
     fn iprobe(&self, source: Source, tag: TagMatch) -> Result<Option<Status>> {
-        check_source(source, self.size)?;
-        check_tag_match(tag, self.tag_ub)?;
+        check_recv(self, source, tag)?;
         let mut flag: c_int = 0;
         let mut status = MaybeUninit::<ffi::MPI_Status>::uninit();
         // SAFETY: valid communicator; out-parameters are locals.
@@ -481,8 +469,7 @@ impl Comm for MpiComm {
     ) -> Result<MpiRequest> {
         let _span = tracing::debug_span!("isend", rank = self.rank, peer = dest, tag, bytes = len)
             .entered();
-        check_rank(dest, self.size)?;
-        check_tag(tag, self.tag_ub)?;
+        check_send(self, dest, tag)?;
         let count = count_of(len)?;
         let mut raw = MaybeUninit::<ffi::MPI_Request>::uninit();
         // SAFETY: the caller keeps `buf` valid and unwritten until completion (isend_raw contract).
@@ -512,8 +499,7 @@ impl Comm for MpiComm {
         len: usize,
     ) -> Result<MpiRequest> {
         let _span = tracing::debug_span!("irecv", rank = self.rank, peer = %source, tag = %tag, bytes = len).entered();
-        check_source(source, self.size)?;
-        check_tag_match(tag, self.tag_ub)?;
+        check_recv(self, source, tag)?;
         let count = count_of(len)?;
         let mut raw = MaybeUninit::<ffi::MPI_Request>::uninit();
         // SAFETY: the caller keeps `buf` valid and exclusive until completion (irecv_raw contract).

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::comm::{
-    Comm, Source, Status, Tag, TagMatch, check_rank, check_source, check_tag, check_tag_match,
+    Comm, Source, Status, Tag, TagMatch, check_recv, check_send, recv_span, send_span,
 };
 use crate::error::{Error, Result};
 use crate::split::{self, SplitTransport};
@@ -403,40 +403,28 @@ impl Comm for ThreadComm {
     }
 
     fn send(&self, dest: usize, tag: Tag, buf: &[u8]) -> Result<()> {
-        let _span = tracing::debug_span!(
-            "send",
-            rank = self.rank,
-            peer = dest,
-            tag,
-            bytes = buf.len()
-        )
-        .entered();
-        check_rank(dest, self.size())?;
-        check_tag(tag, self.tag_ub())?;
+        let _span = send_span(self.rank, dest, tag, buf.len());
+        check_send(self, dest, tag)?;
         self.send_on(self.ctx, dest, tag, buf.to_vec())
     }
 
     fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status> {
-        let _span = tracing::debug_span!("recv", rank = self.rank, peer = %source, tag = %tag, bytes = buf.len())
-            .entered();
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        let _span = recv_span(self.rank, source, tag, buf.len());
+        check_recv(self, source, tag)?;
         self.recv_on(self.ctx, source, tag, buf, "receive")
     }
 
     fn probe(&self, source: Source, tag: TagMatch) -> Result<Status> {
         let _span =
             tracing::debug_span!("probe", rank = self.rank, peer = %source, tag = %tag).entered();
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        check_recv(self, source, tag)?;
         Ok(self
             .probe_on(self.ctx, source, tag, true)?
             .expect("blocking probe returns a status"))
     }
 
     fn iprobe(&self, source: Source, tag: TagMatch) -> Result<Option<Status>> {
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        check_recv(self, source, tag)?;
         self.probe_on(self.ctx, source, tag, false)
     }
 
@@ -484,8 +472,7 @@ impl Comm for ThreadComm {
     ) -> Result<ThreadRequest> {
         let _span = tracing::debug_span!("isend", rank = self.rank, peer = dest, tag, bytes = len)
             .entered();
-        check_rank(dest, self.size())?;
-        check_tag(tag, self.tag_ub())?;
+        check_send(self, dest, tag)?;
         // SAFETY: the caller guarantees `buf..buf+len` is valid for reads (isend_raw contract).
         let data = unsafe { std::slice::from_raw_parts(buf, len) }.to_vec();
         self.send_on(self.ctx, dest, tag, data)?;
@@ -510,8 +497,7 @@ impl Comm for ThreadComm {
         len: usize,
     ) -> Result<ThreadRequest> {
         let _span = tracing::debug_span!("irecv", rank = self.rank, peer = %source, tag = %tag, bytes = len).entered();
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        check_recv(self, source, tag)?;
         let mut engine = self.engine.borrow_mut();
         engine.drain(false);
         let id = engine.new_id();

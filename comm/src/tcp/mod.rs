@@ -84,8 +84,8 @@ use self::engine::{Engine, Msg, Posted, RecvBuf};
 use self::link::{Link, SendTicket, Share};
 use self::wire::FrameHeader;
 use crate::comm::{
-    Comm, Source, Status, Tag, TagMatch, check_rail_weights, check_rank, check_source, check_tag,
-    check_tag_match,
+    Comm, Source, Status, Tag, TagMatch, check_rail_weights, check_rank, check_recv, check_send,
+    recv_span, send_span,
 };
 use crate::error::{Error, Result};
 use crate::split::{self, SplitTransport};
@@ -530,8 +530,7 @@ impl TcpComm {
                 self.rail_count()
             )));
         }
-        check_rank(dest, self.size())?;
-        check_tag(tag, self.tag_ub())?;
+        check_send(self, dest, tag)?;
         let mut req = self.start_send(self.ctx, dest, tag, buf, Some(rail))?;
         self.wait_raw(&mut req).map(|_| ())
     }
@@ -898,37 +897,25 @@ impl Comm for TcpComm {
     }
 
     fn send(&self, dest: usize, tag: Tag, buf: &[u8]) -> Result<()> {
-        let _span = tracing::debug_span!(
-            "send",
-            rank = self.rank,
-            peer = dest,
-            tag,
-            bytes = buf.len()
-        )
-        .entered();
-        check_rank(dest, self.size())?;
-        check_tag(tag, self.tag_ub())?;
+        let _span = send_span(self.rank, dest, tag, buf.len());
+        check_send(self, dest, tag)?;
         self.send_ctx(self.ctx, dest, tag, buf)
     }
 
     fn recv(&self, source: Source, tag: TagMatch, buf: &mut [u8]) -> Result<Status> {
-        let _span = tracing::debug_span!("recv", rank = self.rank, peer = %source, tag = %tag, bytes = buf.len())
-            .entered();
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        let _span = recv_span(self.rank, source, tag, buf.len());
+        check_recv(self, source, tag)?;
         self.recv_on(self.ctx, source, tag, buf, "receive")
     }
 
     fn probe(&self, source: Source, tag: TagMatch) -> Result<Status> {
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        check_recv(self, source, tag)?;
         self.probe_on(source, tag, true)?
             .ok_or_else(|| self.core().timeout("probe"))
     }
 
     fn iprobe(&self, source: Source, tag: TagMatch) -> Result<Option<Status>> {
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        check_recv(self, source, tag)?;
         self.probe_on(source, tag, false)
     }
 
@@ -1001,8 +988,7 @@ impl Comm for TcpComm {
         buf: *const u8,
         len: usize,
     ) -> Result<TcpRequest> {
-        check_rank(dest, self.size())?;
-        check_tag(tag, self.tag_ub())?;
+        check_send(self, dest, tag)?;
         let bytes: &[u8] = if len == 0 {
             &[]
         } else {
@@ -1021,8 +1007,7 @@ impl Comm for TcpComm {
         buf: *mut u8,
         len: usize,
     ) -> Result<TcpRequest> {
-        check_source(source, self.size())?;
-        check_tag_match(tag, self.tag_ub())?;
+        check_recv(self, source, tag)?;
         let id = self.post_recv(self.ctx, source, tag, buf, len);
         Ok(TcpRequest(RequestKind::Recv { id, source, len }))
     }
