@@ -347,6 +347,31 @@ pub fn check_rail_weights(weights: &[f64], rails: usize) -> Result<Vec<f64>> {
     Ok(weights.iter().map(|w| w / total).collect())
 }
 
+/// What a receive of a `message_bytes` message from `source` with `tag` into a buffer of
+/// `buffer_bytes` returns once the bytes that fit were copied (MPI's truncation rule: the
+/// prefix is delivered, the message consumed, and the receive reports `Truncated`).
+pub(crate) fn receive_outcome(
+    message_bytes: usize,
+    buffer_bytes: usize,
+    source: usize,
+    tag: Tag,
+) -> Result<Status> {
+    if message_bytes > buffer_bytes {
+        Err(Error::Truncated {
+            message_bytes: Some(message_bytes),
+            buffer_bytes,
+            source_rank: source,
+            tag,
+        })
+    } else {
+        Ok(Status {
+            source,
+            tag,
+            bytes: message_bytes,
+        })
+    }
+}
+
 /// Checks a send's destination and tag against `comm`, as every backend's send does first.
 pub(crate) fn check_send<C: Comm + ?Sized>(comm: &C, dest: usize, tag: Tag) -> Result<()> {
     check_rank(dest, comm.size())?;

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::comm::{
-    Comm, Source, Status, Tag, TagMatch, check_recv, check_send, recv_span, send_span,
+    Comm, Source, Status, Tag, TagMatch, check_recv, check_send, receive_outcome, recv_span,
+    send_span,
 };
 use crate::error::{Error, Result};
 use crate::split::{self, SplitTransport};
@@ -371,20 +372,7 @@ fn deliver(p: &Posted, m: &Envelope) -> Result<Status> {
     // SAFETY: `irecv_raw`'s contract keeps `p.buf..p.buf+p.len` valid and exclusively ours
     // until the request completes, which is now; `n <= p.len`, and `m.data` is a separate Vec.
     unsafe { std::ptr::copy_nonoverlapping(m.data.as_ptr(), p.buf, n) };
-    if m.data.len() > p.len {
-        Err(Error::Truncated {
-            message_bytes: Some(m.data.len()),
-            buffer_bytes: p.len,
-            source_rank: m.source,
-            tag: m.tag,
-        })
-    } else {
-        Ok(Status {
-            source: m.source,
-            tag: m.tag,
-            bytes: n,
-        })
-    }
+    receive_outcome(m.data.len(), p.len, m.source, m.tag)
 }
 
 impl Comm for ThreadComm {

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::comm::{Source, Status, Tag, TagMatch};
+use crate::comm::{Source, Status, Tag, TagMatch, receive_outcome};
 use crate::error::{Error, Result};
 
 /// A released message.
@@ -319,18 +319,5 @@ pub(crate) fn deliver(buf: &RecvBuf, len: usize, m: &Msg) -> Result<Status> {
         // separate allocation.
         unsafe { std::ptr::copy_nonoverlapping(m.data.as_ptr(), buf.0, n) };
     }
-    if m.data.len() > len {
-        Err(Error::Truncated {
-            message_bytes: Some(m.data.len()),
-            buffer_bytes: len,
-            source_rank: m.source,
-            tag: m.tag,
-        })
-    } else {
-        Ok(Status {
-            source: m.source,
-            tag: m.tag,
-            bytes: n,
-        })
-    }
+    receive_outcome(m.data.len(), len, m.source, m.tag)
 }
