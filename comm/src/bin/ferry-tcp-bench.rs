@@ -131,17 +131,24 @@ fn median_min(v: &mut [f64]) -> (f64, f64) {
     (v[v.len() / 2], v[0])
 }
 
+/// Runs `step` `iters / 10` times untimed, then `iters` times; returns the timed part.
+fn time_iters(iters: usize, mut step: impl FnMut()) -> std::time::Duration {
+    for _ in 0..iters / 10 {
+        step();
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        step();
+    }
+    start.elapsed()
+}
+
 /// One-way microseconds of a `len`-byte ping-pong between two TcpComm ranks (threads).
 fn tcp_comm_pingpong(len: usize, iters: usize) -> f64 {
     let times = two_ranks("127.0.0.1", |r, c| {
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ r as u8).collect();
         let mut buf = vec![0u8; len];
-        let warm = iters / 10;
-        let mut start = Instant::now();
-        for i in 0..warm + iters {
-            if i == warm {
-                start = Instant::now();
-            }
+        let took = time_iters(iters, || {
             if r == 0 {
                 c.send(1, 0, &data).expect("send");
                 c.recv(Source::Rank(1), TagMatch::Tag(0), &mut buf)
@@ -151,10 +158,10 @@ fn tcp_comm_pingpong(len: usize, iters: usize) -> f64 {
                     .expect("recv");
                 c.send(0, 0, &data).expect("send");
             }
-        }
+        });
         let expect: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (1 - r) as u8).collect();
         assert!(buf == expect, "payload differs");
-        (r == 0).then(|| start.elapsed())
+        (r == 0).then_some(took)
     });
     times[0].expect("rank 0 timed").as_secs_f64() * 1e6 / (2 * iters) as f64
 }
@@ -178,16 +185,10 @@ fn raw_pingpong(len: usize, iters: usize) -> f64 {
         sock.set_nodelay(true).expect("nodelay");
         let data = vec![7u8; len];
         let mut buf = vec![0u8; len];
-        let warm = iters / 10;
-        let mut start = Instant::now();
-        for i in 0..warm + iters {
-            if i == warm {
-                start = Instant::now();
-            }
+        let t = time_iters(iters, || {
             sock.write_all(&data).expect("write");
             sock.read_exact(&mut buf).expect("read");
-        }
-        let t = start.elapsed();
+        });
         echo.join().expect("echo");
         assert!(buf == data, "payload differs");
         t.as_secs_f64() * 1e6 / (2 * iters) as f64
