@@ -3,7 +3,9 @@
 # Idempotent: a second run changes nothing. Debian/Ubuntu; uses sudo when not root.
 set -euo pipefail
 
-APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev clang libhwloc-dev pkg-config build-essential)
+# libudev-dev: hwlocality asks pkg-config for hwloc's static flags, which name -ludev; the
+# binaries still link libhwloc.so dynamically, and --as-needed drops libudev again.
+APT_PACKAGES=(libopenmpi-dev openmpi-bin libclang-dev clang libhwloc-dev libudev-dev pkg-config build-essential)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

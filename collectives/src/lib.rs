@@ -10,16 +10,17 @@
 //! | `MPI_SUM` / `MIN` / `MAX` / `PROD`          | [`ReduceOp`] on [`Element`] types (i32, i64, f32, f64, f16, bf16) |
 //! | `MPI_Neighbor_alltoallw`                    | [`Collectives::halo_exchange_typed`] ([`HaloRegion`]) |
 //! | NCCL's topology file / graph search         | [`Topology`], [`Planner`], [`Plan`]           |
+//! | hwloc / `nvidia-smi topo -m` (PIX ... SYS)  | [`Node::discover`], [`Locality`], [`Node::nearest_nic`] |
 //! | Open MPI's `btl_tcp_bandwidth_<if>` weights | [`RailBalancer`] (measured, live), [`Collectives::probe_rails`] (at start-up) |
 //! | Holmes' NIC-class-aware 3D parallel groups  | [`holmes_groups`], [`Groups::split`]          |
 //!
-//! Planners and group formation take a [`Topology`] value and never call MPI or hwloc, so they
+//! Discovery ([`Node::discover`]) reads sysfs and hwloc; planners and group formation take a
+//! [`Topology`] value and never call MPI or hwloc, so they
 //! are tested on the fixture files in `collectives/tests/fixtures/`. [`check`] is the
 //! correctness suite that `cargo test` runs over threads at 1 to 17 ranks and
 //! `ferry-collectives-check` runs under `mpirun`.
 //!
-//! Not done yet: anomaly detection and traffic planning (the C4 issue), the fabric simulator,
-//! hwloc as a topology source.
+//! Not done yet: anomaly detection and traffic planning (the C4 issue), the fabric simulator.
 
 mod algo;
 pub mod check;
@@ -27,6 +28,7 @@ mod collectives;
 mod error;
 mod halo;
 mod holmes;
+mod hwloc;
 mod plan;
 mod probe;
 mod rail;
@@ -44,4 +46,4 @@ pub use crate::plan::{Algorithm, Flat, Plan, Planner};
 pub use crate::probe::{RailProbe, Reprobe};
 pub use crate::rail::RailBalancer;
 pub use crate::reduce::{Element, ReduceOp};
-pub use crate::topology::{Gpu, Nic, NicClass, NicRole, Node, Topology};
+pub use crate::topology::{Gpu, Locality, Nic, NicClass, NicRole, Node, Topology};

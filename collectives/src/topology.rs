@@ -1,13 +1,23 @@
 //! `Topology`: the machines a job runs on, as data: nodes, the ranks on each, GPUs, and NICs
-//! with class, bandwidth, NUMA node and PCI address.
+//! with class, bandwidth, NUMA node, package, PCI address and PCIe path.
 //!
-//! A topology is discovered from sysfs ([`Node::discover`]), patched from a TOML file where the
-//! kernel does not know the truth (sysfs reports 10 Gbit for every veth, so the test bed declares
-//! its rates: [`Node::patch`]), gathered across ranks by [`crate::Collectives::gather_topology`],
-//! and loaded from or dumped to TOML ([`Topology::from_toml`], [`Topology::to_toml`]), so
-//! planners are tested on recorded fixtures (NCCL's `NCCL_TOPO_FILE` idea).
+//! A topology is discovered from sysfs and hwloc ([`Node::discover`]: sysfs lists the NICs with
+//! class and speed and the GPUs; hwloc adds where each sits: package, NUMA node, the PCIe
+//! bridges above it, and the machine's packages and cores; without hwloc the node records why
+//! in `hwloc_skipped`), patched from a TOML file where the kernel does not know the truth
+//! (sysfs reports 10 Gbit for every veth, so the test bed declares its rates: [`Node::patch`]),
+//! gathered across ranks by [`crate::Collectives::gather_topology`], and loaded from or dumped
+//! to TOML ([`Topology::from_toml`], [`Topology::to_toml`]), so planners are tested on recorded
+//! fixtures (NCCL's `NCCL_TOPO_FILE` idea). `ferry-topology` prints and records it.
 //!
-//! **Invariant:** nothing here calls MPI; planners take a `Topology` value.
+//! [`Locality`] says how far apart a GPU and a NIC are (same PCIe bridge, same switch tree,
+//! same host bridge, same NUMA node, same package, across packages), from their PCIe paths,
+//! NUMA nodes and packages; [`Node::nearest_nic`] and [`Topology::rail_of_rank`] pick the rail
+//! a GPU's rank should prefer.
+//!
+//! **Invariant:** nothing here calls MPI, and only [`Node::discover`] and
+//! [`Node::enrich_from_hwloc`] / [`Node::enrich_from_hwloc_xml`] call hwloc; planners take a
+//! `Topology` value.
 //!
 //! File format (every field but names optional):
 //! ```toml
@@ -16,19 +26,28 @@
 //! name = "h0"
 //! ranks = [0, 1]
 //! numa_nodes = 2
+//! packages = 2           # from hwloc, like cores
+//! cores = 64
+//! hwloc = "2.9.0"         # the hwloc that placed the devices, or:
+//! # hwloc_skipped = "why hwloc was not used"
 //! nic = [ { name = "fast0", class = "ethernet", gbit = 2.0 },
-//!         { name = "mgmt0", class = "ethernet", gbit = 1.0, role = "management" } ]
-//! gpu = [ { index = 0, numa = 0, pci = "0000:3b:00.0" } ]
+//!         { name = "mgmt0", class = "ethernet", gbit = 1.0, role = "management" },
+//!         { name = "ib0", class = "infiniband", gbit = 200.0, numa = 1, package = 1,
+//!           pci = "0000:9a:00.0", pcie = ["0000:[97-9f]", "0000:97:00.0", "0000:98:01.0"] } ]
+//! gpu = [ { index = 0, numa = 0, package = 0, pci = "0000:3b:00.0",
+//!           pcie = ["0000:[37-3f]", "0000:37:00.0"], nic = "ib0" } ]
 //! ```
+//! A GPU's `nic` pins its nearest NIC by hand; without it, [`Node::nearest_nic`] computes it.
 //!
-//! Not done yet: hwloc (`lstopo --of xml`) as a discovery source beside sysfs, and bandwidth
-//! probing between rails at start-up.
+//! Not done yet: bandwidth probing between rails at start-up lives in [`crate::RailProbe`],
+//! not here; NVLink and PCIe link speeds are not recorded.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::hwloc::Survey;
 
 /// The kind of network a NIC is on; collectives keep heavy traffic inside one class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -67,6 +86,77 @@ fn is_default_role(r: &NicRole) -> bool {
     *r == NicRole::Data
 }
 
+/// How far apart two devices of a node are (a GPU and a NIC), nearest first; NCCL's path
+/// types in brackets.
+///
+/// A device's `pcie` path lists the bridges above it, host bridge first. Two devices below the
+/// same host bridge share a prefix of their paths: only the host bridge ([`Locality::HostBridge`]),
+/// or also PCIe bridges or switch ports below it ([`Locality::Switch`]), down to the parent of
+/// both ([`Locality::Bridge`]). Otherwise their NUMA nodes and packages decide. Different NUMA
+/// nodes with a package unknown count as [`Locality::System`], the cautious answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Locality {
+    /// Both directly below one PCIe bridge or switch port (PIX).
+    Bridge,
+    /// Below a common PCIe bridge or switch, through several bridges, not through the host
+    /// bridge (PXB).
+    Switch,
+    /// Through their common host bridge (PHB).
+    HostBridge,
+    /// Different host bridges of one NUMA node (NODE).
+    Numa,
+    /// Different NUMA nodes of one package (sub-NUMA clustering, NPS modes).
+    Package,
+    /// Across packages, over the inter-socket link (SYS).
+    System,
+    /// One of the two has neither a PCIe path, a NUMA node nor a package.
+    Unknown,
+}
+
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Locality::Bridge => "bridge",
+            Locality::Switch => "switch",
+            Locality::HostBridge => "host-bridge",
+            Locality::Numa => "numa",
+            Locality::Package => "package",
+            Locality::System => "system",
+            Locality::Unknown => "unknown",
+        })
+    }
+}
+
+/// The locality fields a NIC and a GPU have alike.
+struct Place<'a> {
+    numa: Option<u32>,
+    package: Option<u32>,
+    pcie: &'a [String],
+}
+
+impl Locality {
+    fn between(a: Place<'_>, b: Place<'_>) -> Locality {
+        let shared = a
+            .pcie
+            .iter()
+            .zip(b.pcie)
+            .take_while(|(x, y)| x == y)
+            .count();
+        match shared {
+            0 => {}
+            1 => return Locality::HostBridge,
+            k if a.pcie.len() == k && b.pcie.len() == k => return Locality::Bridge,
+            _ => return Locality::Switch,
+        }
+        match (a.numa, b.numa, a.package, b.package) {
+            (Some(x), Some(y), ..) if x == y => Locality::Numa,
+            (.., Some(p), Some(q)) if p == q => Locality::Package,
+            (.., Some(_), Some(_)) | (Some(_), Some(_), ..) => Locality::System,
+            _ => Locality::Unknown,
+        }
+    }
+}
+
 /// One network interface.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +174,12 @@ pub struct Nic {
     /// PCI address (`0000:3b:00.0`); `None` for virtual interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci: Option<String>,
+    /// Package (socket) the NIC hangs off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<u32>,
+    /// The PCIe bridges above the NIC, host bridge first (see [`Locality`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcie: Vec<String>,
     /// An address bound to the NIC, for transports that pick rails by address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -104,10 +200,17 @@ pub struct Gpu {
     /// NUMA node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numa: Option<u32>,
+    /// Package (socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<u32>,
     /// PCI address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci: Option<String>,
-    /// The NIC nearest to it (same PCIe switch or NUMA node), by name.
+    /// The PCIe bridges above the GPU, host bridge first (see [`Locality`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcie: Vec<String>,
+    /// The NIC this GPU should use, by name, where a file pins it; otherwise
+    /// [`Node::nearest_nic`] computes it from locality.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<String>,
 }
@@ -124,6 +227,18 @@ pub struct Node {
     /// Number of NUMA nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numa_nodes: Option<u32>,
+    /// Number of packages (sockets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<u32>,
+    /// Number of cores (the ones this process's cgroup allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// The hwloc version that placed the devices, when discovery used hwloc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hwloc: Option<String>,
+    /// Why discovery did not use hwloc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hwloc_skipped: Option<String>,
     /// Network interfaces; the data NICs, in order, are the rails.
     #[serde(default, rename = "nic")]
     pub nics: Vec<Nic>,
@@ -142,6 +257,31 @@ pub struct Topology {
     /// The nodes, in the order of their lowest rank.
     #[serde(default, rename = "node")]
     pub nodes: Vec<Node>,
+}
+
+impl Nic {
+    fn place(&self) -> Place<'_> {
+        Place {
+            numa: self.numa,
+            package: self.package,
+            pcie: &self.pcie,
+        }
+    }
+}
+
+impl Gpu {
+    fn place(&self) -> Place<'_> {
+        Place {
+            numa: self.numa,
+            package: self.package,
+            pcie: &self.pcie,
+        }
+    }
+
+    /// How far this GPU is from `nic` ([`Locality`]).
+    pub fn locality(&self, nic: &Nic) -> Locality {
+        Locality::between(self.place(), nic.place())
+    }
 }
 
 impl Node {
@@ -170,10 +310,51 @@ impl Node {
             .map(|n| n.class)
     }
 
+    /// The GPU with index `gpu`.
+    pub fn gpu(&self, gpu: u32) -> Option<&Gpu> {
+        self.gpus.iter().find(|g| g.index == gpu)
+    }
+
+    /// The rail GPU `gpu` should prefer, as an index into [`Node::rails`]:
+    /// 1. the data NIC its `nic` field names, where a file pins one;
+    /// 2. otherwise, among the rails of the node's class ([`Node::class`], so heavy traffic
+    ///    stays on one network), the nearest by [`Locality`], then the fastest, then the first.
+    ///
+    /// `None` if there is no such GPU or no data NIC.
+    pub fn nearest_rail(&self, gpu: u32) -> Option<usize> {
+        let g = self.gpu(gpu)?;
+        if let Some(name) = &g.nic {
+            if let Some(i) = self.rails().position(|n| &n.name == name) {
+                return Some(i);
+            }
+        }
+        let class = self.class()?;
+        self.rails()
+            .enumerate()
+            .filter(|(_, n)| n.class == class)
+            .min_by(|(i, a), (j, b)| {
+                g.locality(a)
+                    .cmp(&g.locality(b))
+                    .then(
+                        b.gbit
+                            .unwrap_or(0.0)
+                            .partial_cmp(&a.gbit.unwrap_or(0.0))
+                            .unwrap_or(std::cmp::Ordering::Equal),
+                    )
+                    .then(i.cmp(j))
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// The NIC of [`Node::nearest_rail`].
+    pub fn nearest_nic(&self, gpu: u32) -> Option<&Nic> {
+        self.rails().nth(self.nearest_rail(gpu)?)
+    }
+
     /// Applies the entries of `over` (a node description from a file) to this one: NICs with
     /// the same name take every field `over` sets (class and role always, the optional ones where
-    /// present); NICs and GPUs that only `over` lists are added; `ranks` and `numa_nodes` are
-    /// taken where `over` has them.
+    /// present); GPUs with the same index are replaced; NICs and GPUs that only `over` lists are
+    /// added; `ranks`, `numa_nodes`, `packages` and `cores` are taken where `over` has them.
     pub fn patch(&mut self, over: &Node) {
         for o in &over.nics {
             match self.nics.iter_mut().find(|n| n.name == o.name) {
@@ -183,6 +364,10 @@ impl Node {
                     n.gbit = o.gbit.or(n.gbit);
                     n.numa = o.numa.or(n.numa);
                     n.pci = o.pci.clone().or(n.pci.take());
+                    n.package = o.package.or(n.package);
+                    if !o.pcie.is_empty() {
+                        n.pcie = o.pcie.clone();
+                    }
                     n.address = o.address.clone().or(n.address.take());
                 }
                 None => self.nics.push(o.clone()),
@@ -198,16 +383,45 @@ impl Node {
             self.ranks = over.ranks.clone();
         }
         self.numa_nodes = over.numa_nodes.or(self.numa_nodes);
+        self.packages = over.packages.or(self.packages);
+        self.cores = over.cores.or(self.cores);
     }
 
-    /// This host as sysfs describes it: NICs from `/sys/class/net` (class from the link type
-    /// and a bound RDMA device, speed, NUMA node, PCI address; `lo` left out), NVIDIA GPUs from
-    /// `/sys/bus/pci/devices`, and the NUMA node count. No ranks.
+    /// This host: [`Node::discover_in`] `/` (sysfs), then [`Node::enrich_from_hwloc`]. No ranks.
     pub fn discover() -> Node {
-        Self::discover_in(Path::new("/"))
+        let mut node = Self::discover_in(Path::new("/"));
+        node.enrich_from_hwloc();
+        node
     }
 
-    /// [`Node::discover`] under another root (a recorded copy of `/sys` and `/proc`, for tests).
+    /// Adds what hwloc knows about this machine: each NIC's and GPU's package, PCIe path, and
+    /// NUMA node and PCI address where sysfs had none; GPU models; the package, core and (where
+    /// sysfs had none) NUMA node counts; GPUs sysfs missed. Sets `hwloc` to hwloc's version, or,
+    /// where hwloc cannot load the topology, leaves the node as it was and says why in
+    /// `hwloc_skipped` (also logged).
+    pub fn enrich_from_hwloc(&mut self) {
+        match Survey::of_this_machine() {
+            Ok(s) => s.merge_into(self),
+            Err(why) => {
+                tracing::warn!("topology discovery without hwloc: {why}");
+                self.hwloc = None;
+                self.hwloc_skipped = Some(why);
+            }
+        }
+    }
+
+    /// [`Node::enrich_from_hwloc`] from an hwloc XML export (`lstopo --of xml`, from this
+    /// machine or another); an error, leaving the node as it was, if hwloc cannot load it.
+    pub fn enrich_from_hwloc_xml(&mut self, xml: &str) -> Result<()> {
+        let s = Survey::of_xml(xml).map_err(Error::Topology)?;
+        s.merge_into(self);
+        Ok(())
+    }
+
+    /// This host as sysfs describes it under `root` (`/`, or a recorded copy of `/sys` and
+    /// `/proc` for tests): NICs from `/sys/class/net` (class from the link type and a bound RDMA
+    /// device, speed, NUMA node, PCI address; `lo` left out), NVIDIA GPUs from
+    /// `/sys/bus/pci/devices`, and the NUMA node count. No ranks, no hwloc.
     pub fn discover_in(root: &Path) -> Node {
         let read = |p: &Path| {
             std::fs::read_to_string(root.join(p))
@@ -259,6 +473,8 @@ impl Node {
                 gbit,
                 numa: numa(&base.join("device/numa_node")),
                 pci: pci_of(&base.join("device")),
+                package: None,
+                pcie: Vec::new(),
                 address: None,
                 role: NicRole::Data,
             });
@@ -283,7 +499,9 @@ impl Node {
                     index: gpus.len() as u32,
                     model: None,
                     numa: numa(&base.join("numa_node")),
+                    package: None,
                     pci: Some(dev),
+                    pcie: Vec::new(),
                     nic: None,
                 });
             }
@@ -302,10 +520,10 @@ impl Node {
             .filter(|&n| n > 0);
         Node {
             name,
-            ranks: Vec::new(),
             numa_nodes,
             nics,
             gpus,
+            ..Node::default()
         }
     }
 }
@@ -354,7 +572,8 @@ impl Topology {
     }
 
     /// Checks that node names are unique, every rank appears on exactly one node, ranks are
-    /// `0..n` without gaps, and bandwidths are positive and finite.
+    /// `0..n` without gaps, bandwidths are positive and finite, GPU indices are unique on their
+    /// node, and a GPU's `nic` names a data NIC of its node.
     pub fn validate(&self) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for n in &self.nodes {
@@ -363,6 +582,23 @@ impl Topology {
                     "node {:?} is listed twice",
                     n.name
                 )));
+            }
+            let mut gpus = std::collections::HashSet::new();
+            for g in &n.gpus {
+                if !gpus.insert(g.index) {
+                    return Err(Error::Topology(format!(
+                        "node {:?}: GPU {} is listed twice",
+                        n.name, g.index
+                    )));
+                }
+                if let Some(nic) = &g.nic {
+                    if !n.rails().any(|x| &x.name == nic) {
+                        return Err(Error::Topology(format!(
+                            "node {:?}: GPU {} names NIC {nic:?}, which is not a data NIC of the node",
+                            n.name, g.index
+                        )));
+                    }
+                }
             }
             for nic in &n.nics {
                 if let Some(g) = nic.gbit {
@@ -414,6 +650,15 @@ impl Topology {
                     .ok_or_else(|| Error::Topology(format!("rank {r} is on no node")))
             })
             .collect()
+    }
+
+    /// The rail the rank `rank` should prefer ([`Node::nearest_rail`] of its GPU), where local
+    /// rank `i` of a node drives that node's GPU `i` (one rank per GPU). `None` for a rank
+    /// on no node, a local rank without a GPU of that index, or a node without data NICs.
+    pub fn rail_of_rank(&self, rank: usize) -> Option<usize> {
+        let node = &self.nodes[self.node_of(rank)?];
+        let local = node.ranks.iter().position(|&r| r == rank)?;
+        node.nearest_rail(u32::try_from(local).ok()?)
     }
 
     /// The NIC class each rank's node uses for heavy traffic ([`Node::class`]).
@@ -475,6 +720,8 @@ mod tests {
                 gbit: Some(10.0),
                 numa: None,
                 pci: None,
+                package: None,
+                pcie: Vec::new(),
                 address: None,
                 role: NicRole::Data,
             }],

@@ -2,8 +2,8 @@
 //! no MPI, no hwloc, only `Topology` values.
 
 use ferry_collectives::{
-    Algorithm, Collectives, Error, Flat, NicClass, ParallelDims, Planner, RailBalancer, ReduceOp,
-    Topology, holmes_groups, megatron_groups,
+    Algorithm, Collectives, Error, Flat, Locality, NicClass, ParallelDims, Planner, RailBalancer,
+    ReduceOp, Topology, holmes_groups, megatron_groups,
 };
 use ferry_comm::{Comm, Record, ThreadComm};
 
@@ -18,6 +18,7 @@ fn fixtures_load_dump_and_reload() {
         "testbed-4.toml",
         "holmes-ib-roce-8x8.toml",
         "mixed-8x8.toml",
+        "two-socket-4gpu-2nic.toml",
     ] {
         let t = fixture(name);
         assert_eq!(Topology::from_toml(&t.to_toml()).unwrap(), t, "{name}");
@@ -224,4 +225,79 @@ fn collectives_set_rail_weights_from_telemetry_every_k_operations() {
         assert_eq!(updates, 2);
         assert!((tp.unwrap() - (1 << 20) as f64 * 1e3).abs() < 1.0);
     }
+}
+
+#[test]
+fn each_gpu_prefers_the_rail_nearest_to_it() {
+    let t = fixture("two-socket-4gpu-2nic.toml");
+    let g0 = &t.nodes[0];
+    let rails: Vec<_> = g0.rails().map(|n| n.name.as_str()).collect();
+    assert_eq!(rails, ["ib0", "ib1"], "the management port is no rail");
+    // Locality of every GPU to every rail, nearest first in the enum's order.
+    use Locality::*;
+    let table: Vec<Vec<Locality>> = g0
+        .gpus
+        .iter()
+        .map(|g| g0.rails().map(|n| g.locality(n)).collect())
+        .collect();
+    assert_eq!(
+        table,
+        [
+            [Switch, System],
+            [Switch, System],
+            [System, Switch],
+            [System, Numa]
+        ]
+    );
+    let eth0 = &g0.nics[0];
+    assert_eq!(
+        g0.gpus[0].locality(eth0),
+        Numa,
+        "another host bridge of NUMA node 0"
+    );
+    assert_eq!(
+        g0.nearest_nic(3).map(|n| n.name.as_str()),
+        Some("ib1"),
+        "same NUMA node beats the other socket's switch"
+    );
+    // g1: the same machine without PCIe paths (NUMA nodes only), GPU 3 pinned to ib0.
+    let g1 = &t.nodes[1];
+    assert_eq!(g1.gpus[0].locality(&g1.nics[1]), Numa);
+    assert_eq!(g1.gpus[0].locality(&g1.nics[2]), System);
+    assert_eq!(
+        g1.gpus[2].locality(&g1.nics[0]),
+        Unknown,
+        "eth0 has no locality"
+    );
+    let per_rank: Vec<_> = (0..t.ranks()).map(|r| t.rail_of_rank(r)).collect();
+    assert_eq!(
+        per_rank,
+        [0, 0, 1, 1, 0, 0, 1, 0].map(Some),
+        "g0 by PCIe paths, g1 by NUMA node and the pin"
+    );
+    assert_eq!(t.rail_of_rank(8), None, "no such rank");
+}
+
+#[test]
+fn a_gpu_pinned_to_a_nic_the_node_lacks_is_refused_by_name() {
+    let path = format!(
+        "{}/tests/fixtures/two-socket-4gpu-2nic.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let bad = text.replace("nic = \"ib0\"", "nic = \"ib7\"");
+    assert_ne!(bad, text);
+    let e = Topology::from_toml(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("\"g1\"") && e.contains("GPU 3") && e.contains("\"ib7\""),
+        "{e}"
+    );
+    let pinned_to_management = text.replace("nic = \"ib0\"", "nic = \"eth0\"");
+    let e = Topology::from_toml(&pinned_to_management)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a data NIC"), "{e}");
+    let twice = text.replace("{ index = 1, numa = 0", "{ index = 0, numa = 0");
+    let e = Topology::from_toml(&twice).unwrap_err().to_string();
+    assert!(e.contains("GPU 0 is listed twice"), "{e}");
 }
