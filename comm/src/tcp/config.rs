@@ -15,6 +15,17 @@ pub const FERRY_TCP_RAILS: &str = "FERRY_TCP_RAILS";
 pub const FERRY_TCP_TIMEOUT_MS: &str = "FERRY_TCP_TIMEOUT_MS";
 /// Environment variable: faults to inject from the start (see [`crate::FaultInjector::parse`]).
 pub const FERRY_TCP_FAULTS: &str = "FERRY_TCP_FAULTS";
+/// Environment variable: how many microseconds a blocking receive busy-polls its sockets
+/// before it sleeps (see [`TcpConfig::busy_poll`]).
+pub const FERRY_TCP_BUSY_POLL_US: &str = "FERRY_TCP_BUSY_POLL_US";
+
+/// The busy-poll of a rank that has a core to itself: long enough to cover the reply of any
+/// small message (Open MPI's TCP transport busy-polls without limit), short enough that a rank
+/// waiting for a large transfer or a slow peer soon sleeps.
+pub const BUSY_POLL_DEDICATED: Duration = Duration::from_millis(1);
+/// The busy-poll where ranks share cores (Open MPI says so with `OMPI_MCA_mpi_oversubscribe=1`):
+/// a spinning receiver would take the core its sender needs.
+pub const BUSY_POLL_SHARED: Duration = Duration::from_micros(50);
 
 /// How a [`crate::TcpComm`] runs; see each field.
 #[derive(Clone, Debug)]
@@ -44,6 +55,13 @@ pub struct TcpConfig {
     pub telemetry_capacity: usize,
     /// Worker threads of the tokio runtime that does the I/O (at least 1).
     pub io_threads: usize,
+    /// How long a blocking receive of a short message, reading its peers' sockets itself,
+    /// busy-polls them (`poll(2)` without a timeout) before it sleeps in `poll(2)`. Waking a
+    /// sleeping thread costs tens of microseconds, as much as a small message's whole trip;
+    /// a busy-polling one takes a core. Default: [`BUSY_POLL_DEDICATED`], or
+    /// [`BUSY_POLL_SHARED`] when Open MPI launched this rank onto an oversubscribed node;
+    /// [`FERRY_TCP_BUSY_POLL_US`] overrides both.
+    pub busy_poll: Duration,
 }
 
 impl TcpConfig {
@@ -60,6 +78,7 @@ impl TcpConfig {
             stripe_min_bytes: 64 << 10,
             linger: Duration::from_secs(5),
             telemetry_capacity: crate::telemetry::DEFAULT_CAPACITY,
+            busy_poll: default_busy_poll(std::env::var("OMPI_MCA_mpi_oversubscribe").ok()),
         }
     }
 
@@ -81,7 +100,7 @@ impl TcpConfig {
     }
 
     /// Applies the environment: [`FERRY_TCP_RAILS`], [`FERRY_TCP_TOKEN`] and
-    /// [`FERRY_TCP_TIMEOUT_MS`] override the fields when set.
+    /// [`FERRY_TCP_TIMEOUT_MS`] and [`FERRY_TCP_BUSY_POLL_US`] override the fields when set.
     pub fn with_env(mut self) -> Result<Self> {
         if let Ok(r) = std::env::var(FERRY_TCP_RAILS) {
             self.rails = Self::parse_rails(&r)?;
@@ -94,6 +113,14 @@ impl TcpConfig {
                 Error::InvalidArgument(format!("{FERRY_TCP_TIMEOUT_MS}={ms} is not a number"))
             })?;
             self.timeout = Duration::from_millis(ms);
+        }
+        if let Ok(us) = std::env::var(FERRY_TCP_BUSY_POLL_US) {
+            let us: u64 = us.parse().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "{FERRY_TCP_BUSY_POLL_US}={us} is not a whole number of microseconds"
+                ))
+            })?;
+            self.busy_poll = Duration::from_micros(us);
         }
         Ok(self)
     }
@@ -127,6 +154,15 @@ impl TcpConfig {
     }
 }
 
+/// The default busy-poll, given Open MPI's `OMPI_MCA_mpi_oversubscribe` for this rank ("1"
+/// when mpirun placed more ranks on the node than it has slots).
+fn default_busy_poll(oversubscribed: Option<String>) -> Duration {
+    match oversubscribed.as_deref() {
+        Some("1") => BUSY_POLL_SHARED,
+        _ => BUSY_POLL_DEDICATED,
+    }
+}
+
 /// A fresh random job token: 32 random bytes, hex-encoded (64 bytes).
 pub(crate) fn random_token() -> Result<Vec<u8>> {
     let mut raw = [0u8; 32];
@@ -157,5 +193,13 @@ mod tests {
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
         assert_eq!(random_token().unwrap().len(), 64);
         assert_ne!(random_token().unwrap(), random_token().unwrap());
+    }
+
+    #[test]
+    fn busy_poll_is_short_only_on_an_oversubscribed_node() {
+        assert_eq!(default_busy_poll(Some("1".into())), BUSY_POLL_SHARED);
+        assert_eq!(default_busy_poll(Some("0".into())), BUSY_POLL_DEDICATED);
+        assert_eq!(default_busy_poll(None), BUSY_POLL_DEDICATED);
+        assert!(BUSY_POLL_SHARED < BUSY_POLL_DEDICATED);
     }
 }

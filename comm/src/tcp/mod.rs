@@ -52,8 +52,10 @@
 //! completes another way while its thread sleeps in `poll(2)`, is seen within 10 ms; a reader
 //! task that stepped aside reads again within 2 ms (at once for a thread that sleeps on the
 //! engine, a blocking probe or a `test_raw`); non-blocking tests (`test_raw`) do not read
-//! sockets themselves; a receive polls 50 us before it sleeps, which costs a core on an
-//! oversubscribed machine. A rail that dies is not routed around (operations with that peer fail with
+//! sockets themselves; a short receive busy-polls `TcpConfig::busy_poll` (1 ms, or 50 us when
+//! Open MPI reports an oversubscribed node) before it sleeps, which costs a core meanwhile;
+//! an oversubscription Open MPI does not know of (network namespaces sharing cores) needs
+//! `FERRY_TCP_BUSY_POLL_US`. A rail that dies is not routed around (operations with that peer fail with
 //! `RailDown`; the sender would need to re-send the lost shares on a live rail); buffering of
 //! unexpected messages is bounded per message (`max_message_bytes`), not in total.
 
@@ -76,7 +78,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use self::config::{
-    FERRY_TCP_FAULTS, FERRY_TCP_RAILS, FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, TcpConfig,
+    BUSY_POLL_DEDICATED, BUSY_POLL_SHARED, FERRY_TCP_BUSY_POLL_US, FERRY_TCP_FAULTS,
+    FERRY_TCP_RAILS, FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, TcpConfig,
 };
 pub use self::fault::{Fault, FaultInjector};
 
@@ -102,12 +105,6 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 /// and receives of buffers up to this long read their peers' sockets themselves (the direct
 /// path; see the module docs).
 const DIRECT_MAX_BYTES: usize = 64 << 10;
-
-/// How long a receive on the direct path polls its sockets without sleeping (`poll(2)` with no
-/// timeout) before it sleeps in `poll(2)`: on the test bed, a sleeping receiver's wake-up was
-/// most of a small all-reduce's time (as Open MPI's busy-polling avoids), but a receiver that
-/// never sleeps takes a core from the other ranks of an oversubscribed machine.
-const DIRECT_SPIN: Duration = Duration::from_micros(50);
 
 /// The longest a receive on the direct path sleeps in `poll(2)` before it looks at the engine
 /// again (for completions that come another way: a failed writer, another thread).
@@ -781,7 +778,9 @@ impl TcpComm {
         // Nothing is read before the first poll(2), which says which sockets have bytes (a
         // read of each would cost a system call per connection; bench runs use 6 per peer).
         let mut ready = vec![false; driving.len()];
-        let spin_until = Instant::now() + DIRECT_SPIN;
+        // On the test bed, a sleeping receiver's wake-up was most of a small all-reduce's time
+        // (as Open MPI's busy-polling avoids); `busy_poll` says how long to avoid it.
+        let spin_until = Instant::now() + core.config.busy_poll;
         let (mut live, mut fds) = (Vec::new(), Vec::new());
         loop {
             live.clear();
@@ -822,6 +821,11 @@ impl TcpComm {
             };
             let mut woke = Vec::new();
             poll::wait_readable(&fds, wait, &mut woke);
+            if wait.is_zero() && !woke.contains(&true) {
+                // Busy-polling: let a thread waiting for this core (the sender, on a busy
+                // machine) run before looking again.
+                std::thread::yield_now();
+            }
             // Links that ended are not polled again; the others are read if they woke.
             ready.clear();
             let mut k = 0;
