@@ -139,7 +139,8 @@ impl<C: Comm> Collectives<C> {
     /// Learns node membership by host name (collective): ranks that report the same
     /// `/proc/sys/kernel/hostname` share a node.
     pub fn discover_nodes(mut self) -> Result<Self> {
-        let host = Node::discover().name;
+        // sysfs alone: the host name is all this needs, and hwloc's I/O scan takes longer.
+        let host = Node::discover_in(std::path::Path::new("/")).name;
         let all =
             Run::new(&self.comm, self.planner.chunk_bytes).allgather_varied(host.as_bytes())?;
         let mut names: Vec<&Vec<u8>> = Vec::new();
