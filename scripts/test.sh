@@ -92,6 +92,10 @@ else
     record "mpicc builds the C programs" 1
 fi
 
+echo "test: third-party MPI programs (BLACS, PBLAS, ScaLAPACK testers) under the interposer"
+FERRY_MPI_LIB="$lib" timeout 1200 bash scripts/third-party-mpi.sh 2>&1 | tail -n 40
+record "ScaLAPACK's testers reach Open MPI's verdicts under libferry_mpi.so" "${PIPESTATUS[0]}"
+
 echo "test: FERRY_LOG=debug prints a span per operation"
 FERRY_LOG=debug timeout 120 "${MPIRUN[@]}" -np 2 target/debug/ring >"$log" 2>&1
 grep -q 'send{rank=0 peer=1 tag=0 bytes=8}' "$log" && grep -q 'recv{rank=1 peer=0 tag=0 bytes=8}' "$log"

@@ -10,13 +10,14 @@
 //! These calls go through `PMPI_*`, so the introspection never re-enters an interposer
 //! (including ferry's own) that wraps MPI_Type_free.
 //!
-//! Predefined types carry their alignment, and the pair types (MPI_DOUBLE_INT, ...) are
+//! Predefined types carry their alignment (measured from the library, see `alignment`), and the pair types (MPI_DOUBLE_INT, ...) are
 //! described as the structs they are, so structs built on them pad as Open MPI pads them.
 //!
 //! Not done yet: external32 is left to the library; Fortran pair types are checked only
 //! through the extents comparison.
 
 use std::ffi::c_int;
+use std::sync::Mutex;
 
 use ferry_datatypes::{Darg, Distribution, Order, Type};
 use mpi::ffi;
@@ -202,20 +203,71 @@ macro_rules! predefined {
     };
 }
 
-/// Predefined types whose alignment is not their size capped at 8 (measured on Open MPI 4.1.4;
-/// it matters for the padding of structs built on them).
-fn unusual_alignment(handle: ffi::MPI_Datatype) -> Option<usize> {
-    let h = handle.0;
-    if h == predefined!(ompi_mpi_long_double) || h == predefined!(ompi_mpi_c_long_double_complex) {
-        Some(16)
-    } else if h == predefined!(ompi_mpi_c_float_complex)
-        || h == predefined!(ompi_mpi_2int)
-        || h == predefined!(ompi_mpi_float_int)
-    {
-        Some(4)
-    } else {
-        None
+/// The alignment the library gives predefined type `handle` of `size` bytes, the one that pads
+/// structs built on it (MPI-3.1 §4.1.6 epsilon), measured once per type: the extent of
+/// `struct { char @0; T @d }`, with `d + size` one past a multiple of 64, is that multiple
+/// plus the alignment (for any power of two up to 64). Measured rather than tabled, since it
+/// differs from the size capped at 8 for several types and between builds: Open MPI 4.1 aligns
+/// `long double` to 16, and `MPI_C_FLOAT_COMPLEX`, `MPI_2INT`, `MPI_FLOAT_INT` and Fortran's
+/// `MPI_COMPLEX`, `MPI_2REAL`, `MPI_2INTEGER` to 4 (BLACS builds structs on `MPI_COMPLEX`).
+///
+/// # Safety
+/// MPI must be initialised and `handle` a valid predefined datatype handle.
+unsafe fn alignment(handle: ffi::MPI_Datatype, size: usize) -> Result<usize, DatatypeError> {
+    static MEASURED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+    let key = handle.0 as usize;
+    let cached = |m: &Vec<(usize, usize)>| m.iter().find(|e| e.0 == key).map(|e| e.1);
+    if let Some(a) = cached(&MEASURED.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(a);
     }
+    if size == 0 {
+        return Ok(1);
+    }
+    let d = (1 - size as i128).rem_euclid(64) as ffi::MPI_Aint;
+    let mut members = [predefined_char(), handle];
+    let blocklens: [c_int; 2] = [1, 1];
+    let displs: [ffi::MPI_Aint; 2] = [0, d];
+    let mut probe = ffi::MPI_Datatype(std::ptr::null_mut());
+    let (mut lb, mut extent): (ffi::MPI_Aint, ffi::MPI_Aint) = (0, 0);
+    // SAFETY: the arrays hold two entries each and `handle` is valid (caller); the probe is a
+    // type of our own, freed before returning whatever the outcome.
+    let measured = unsafe {
+        check(
+            "MPI_Type_create_struct",
+            ffi::PMPI_Type_create_struct(
+                2,
+                blocklens.as_ptr(),
+                displs.as_ptr(),
+                members.as_mut_ptr(),
+                &mut probe,
+            ),
+        )?;
+        let r = check(
+            "MPI_Type_get_extent",
+            ffi::PMPI_Type_get_extent(probe, &mut lb, &mut extent),
+        );
+        ffi::PMPI_Type_free(&mut probe);
+        r
+    };
+    measured?;
+    let multiple = d + size as ffi::MPI_Aint - 1;
+    let a = (extent - multiple) as usize;
+    if lb != 0 || !a.is_power_of_two() || a > 64 {
+        return Err(DatatypeError::Unsupported(format!(
+            "cannot measure the alignment of a predefined type of {size} bytes: struct \
+             {{char@0, type@{d}}} has lb {lb} and extent {extent}"
+        )));
+    }
+    MEASURED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((key, a));
+    Ok(a)
+}
+
+/// `MPI_CHAR`, the first member of the alignment probe.
+fn predefined_char() -> ffi::MPI_Datatype {
+    ffi::MPI_Datatype(predefined!(ompi_mpi_char))
 }
 
 /// Predefined pair types (MPI-3.1 §5.9.4) described as the structs they are, so that bounds and
@@ -249,10 +301,9 @@ unsafe fn named(datatype: ffi::MPI_Datatype) -> Result<Type, DatatypeError> {
         )));
     }
     let size = e.size as usize;
-    let t = match unusual_alignment(datatype) {
-        Some(align) => Type::named_aligned(size, align).map_err(unsupported)?,
-        None => Type::named(size),
-    };
+    // SAFETY: valid predefined handle (caller).
+    let align = unsafe { alignment(datatype, size)? };
+    let t = Type::named_aligned(size, align).map_err(unsupported)?;
     if e.lb == 0 && e.extent == e.size {
         Ok(t)
     } else {

@@ -79,16 +79,7 @@ pub unsafe extern "C" fn MPI_Finalize() -> c_int {
     guard("MPI_Finalize", || {
         if let Some(s) = active() {
             progress_detached(s, true);
-            let load =
-                |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                handled = load(&s.stats.handled),
-                packs = load(&s.stats.packs),
-                packs_left = load(&s.stats.packs_left),
-                types_known = load(&s.stats.types_known),
-                types_left = load(&s.stats.types_left),
-                "ferry interposer summary"
-            );
+            s.stats.report();
             if s.has_requests() {
                 tracing::warn!("MPI_Finalize with requests ferry started still pending");
             }

@@ -7,7 +7,7 @@
 //! while the request is pending (MPI-3.1 §4.1.9 allows that).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use ferry_datatypes::Committed;
@@ -67,12 +67,42 @@ pub(crate) struct Stats {
     /// Committed types ferry describes, and those it left to the library.
     pub(crate) types_known: AtomicUsize,
     pub(crate) types_left: AtomicUsize,
+    /// Whether [`Stats::report`] has run.
+    reported: AtomicBool,
 }
 
 impl Stats {
     pub(crate) fn bump(counter: &AtomicUsize) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Logs the counters (`FERRY_LOG=info`), once: at MPI_Finalize, or at exit for a program
+    /// whose MPI_Finalize did not come through the interposer (Fortran's `mpi_finalize`) or
+    /// that ended in MPI_Abort.
+    pub(crate) fn report(&self) {
+        if self.reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let load = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+        tracing::info!(
+            handled = load(&self.handled),
+            packs = load(&self.packs),
+            packs_left = load(&self.packs_left),
+            types_known = load(&self.types_known),
+            types_left = load(&self.types_left),
+            "ferry interposer summary"
+        );
+    }
+}
+
+/// Reports the counters at process exit if MPI_Finalize has not (registered with `atexit`).
+extern "C" fn report_at_exit() {
+    // Nothing may unwind out of an exit handler.
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(s) = STATE.get() {
+            s.stats.report();
+        }
+    });
 }
 
 pub(crate) struct State {
@@ -103,6 +133,12 @@ const POOL_LIMIT_BYTES: usize = 512 << 20;
 pub(crate) fn init() {
     ferry_comm::init_logging();
     let config = Config::from_env();
+    unsafe extern "C" {
+        /// `int atexit(void (*)(void))` of the C library.
+        fn atexit(handler: extern "C" fn()) -> std::ffi::c_int;
+    }
+    // SAFETY: registers a handler that takes no arguments and never unwinds.
+    unsafe { atexit(report_at_exit) };
     let _ = STATE.set(State {
         config,
         tag_ub: tag_ub(),
@@ -118,7 +154,26 @@ pub(crate) fn init() {
 
 /// The state, if ferry is initialised and enabled.
 pub(crate) fn active() -> Option<&'static State> {
-    STATE.get().filter(|s| s.config.enabled)
+    STATE.get().or_else(init_late).filter(|s| s.config.enabled)
+}
+
+/// Sets up the state at the first intercepted call of a program whose MPI_Init did not come
+/// through the interposer, if MPI is initialised and not finalised: Open MPI's Fortran
+/// `mpi_init` calls `PMPI_Init` itself, so a Fortran program that uses a C library (BLACS,
+/// for ScaLAPACK) reaches ferry only through that library's calls.
+fn init_late() -> Option<&'static State> {
+    let (mut initialized, mut finalized) = (0, 0);
+    // SAFETY: both may be called at any time, before MPI_Init and after MPI_Finalize too;
+    // each writes one int through a valid pointer.
+    let ok = unsafe {
+        ffi::PMPI_Initialized(&mut initialized) == ffi::MPI_SUCCESS as std::ffi::c_int
+            && ffi::PMPI_Finalized(&mut finalized) == ffi::MPI_SUCCESS as std::ffi::c_int
+    };
+    if !ok || initialized == 0 || finalized != 0 {
+        return None;
+    }
+    init();
+    STATE.get()
 }
 
 /// A handle's identity: Open MPI's handles are pointers to library objects.

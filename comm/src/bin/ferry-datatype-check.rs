@@ -231,6 +231,21 @@ fn check_predefined() -> Vec<Result<(), String>> {
         handle!(ompi_mpi_longdbl_int),
         handle!(ompi_mpi_double),
         handle!(ompi_mpi_char),
+        // Fortran and C++ types, whose alignments ferry measures too (BLACS builds structs
+        // on MPI_COMPLEX).
+        handle!(ompi_mpi_cplex),
+        handle!(ompi_mpi_dblcplex),
+        handle!(ompi_mpi_2real),
+        handle!(ompi_mpi_2integer),
+        handle!(ompi_mpi_2dblprec),
+        handle!(ompi_mpi_2cplex),
+        handle!(ompi_mpi_complex8),
+        handle!(ompi_mpi_complex16),
+        handle!(ompi_mpi_real),
+        handle!(ompi_mpi_integer),
+        handle!(ompi_mpi_logical),
+        handle!(ompi_mpi_cxx_cplex),
+        handle!(ompi_mpi_cxx_ldblcplex),
     ];
     types
         .iter()
