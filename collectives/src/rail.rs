@@ -47,6 +47,10 @@ pub struct RailBalancer {
     next_seq: u64,
     ops: u64,
     updates: u64,
+    /// Whether the weights may differ from those last set on the communicator (new samples,
+    /// a rail dropped or restored, new priors); [`RailBalancer::after_op`] sets them only then,
+    /// so small operations, which add no samples, cost no lock or sort.
+    changed: bool,
 }
 
 impl RailBalancer {
@@ -68,6 +72,7 @@ impl RailBalancer {
             next_seq: 0,
             ops: 0,
             updates: 0,
+            changed: true,
         })
     }
 
@@ -133,6 +138,7 @@ impl RailBalancer {
             return Err(invalid(format!("rail {i} is the last live rail")));
         }
         self.dropped[i] = true;
+        self.changed = true;
         Ok(())
     }
 
@@ -144,6 +150,7 @@ impl RailBalancer {
         self.dropped[i] = false;
         self.samples[i].clear();
         self.samples_in[i].clear();
+        self.changed = true;
         Ok(())
     }
 
@@ -155,6 +162,7 @@ impl RailBalancer {
         self.prior = prior;
         self.samples.iter_mut().for_each(VecDeque::clear);
         self.samples_in.iter_mut().for_each(VecDeque::clear);
+        self.changed = true;
         Ok(())
     }
 
@@ -205,6 +213,7 @@ impl RailBalancer {
                         q.pop_front();
                     }
                     q.push_back(bytes as f64 * 1e9 / busy as f64);
+                    self.changed = true;
                 }
             }
         }
@@ -300,7 +309,8 @@ impl RailBalancer {
     }
 
     /// Counts one operation; every `every` operations, updates from `telemetry` and sets the
-    /// weights on `comm` (only where its rail count matches). Returns the weights it set.
+    /// weights on `comm` (only where its rail count matches, and only when they may have
+    /// changed since the last time). Returns the weights it set.
     pub fn after_op<C: Comm>(
         &mut self,
         comm: &C,
@@ -310,8 +320,15 @@ impl RailBalancer {
         if self.ops % self.every != 0 || comm.rail_count() != self.rails() {
             return Ok(None);
         }
-        let w = self.update(telemetry);
+        let recs = telemetry.since(self.next_seq);
+        self.ingest(&recs);
+        self.updates += 1;
+        if !self.changed {
+            return Ok(None);
+        }
+        let w = self.weights();
         comm.set_rail_weights(&w)?;
+        self.changed = false;
         tracing::debug!(rank = comm.rank(), weights = ?w, "rails re-weighted");
         Ok(Some(w))
     }
@@ -376,6 +393,28 @@ mod tests {
 
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
         a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    #[test]
+    fn after_op_sets_weights_only_when_they_may_have_changed() {
+        ferry_comm::ThreadComm::run(1, |comm| {
+            let t = Telemetry::default();
+            let mut b = RailBalancer::new(&[1.0]).unwrap().every(1);
+            // The first operation sets the priors' weights.
+            assert!(b.after_op(&comm, &t).unwrap().is_some());
+            // Operations with only short shares add no samples: nothing to set.
+            t.record(Record::new("send", 100, 0, 1_000).with_rail(0));
+            assert!(b.after_op(&comm, &t).unwrap().is_none());
+            assert!(b.after_op(&comm, &t).unwrap().is_none());
+            // A long share is a sample: the weights are set again.
+            t.record(Record::new("send", 1 << 20, 0, 1_000_000).with_rail(0));
+            assert!(b.after_op(&comm, &t).unwrap().is_some());
+            assert!(b.after_op(&comm, &t).unwrap().is_none());
+            // New priors change the weights without a sample.
+            b.reset_priors(&[2.0]).unwrap();
+            assert!(b.after_op(&comm, &t).unwrap().is_some());
+            assert_eq!(b.updates(), 6);
+        });
     }
 
     #[test]
