@@ -36,6 +36,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Packing speed: one narrow block (1, 2, 4 or 8 bytes) at a small stride (up to 4 to 8
+//! times the block) takes AVX2 shuffle kernels where the CPU has AVX2 (unpacking 1- and
+//! 2-byte blocks stays scalar). A pack or unpack call that moves at least
+//! [`pack_parallel_bytes`] packed bytes (256 KiB unless [`FERRY_PACK_PARALLEL_BYTES`] says
+//! otherwise) is split into contiguous byte ranges copied on [`pack_threads`] threads: the
+//! cores of the process's affinity mask, at most 8, unless [`FERRY_PACK_THREADS`] says
+//! otherwise (`1` turns it off). The threads are the engine's own (no rayon pool, so never
+//! the application's), and spin [`FERRY_PACK_SPIN_US`] (1 ms) for the next call before they
+//! sleep; a process bound to one core never splits.
+//!
 //! Bounds follow Open MPI 4.1 where it differs from a literal reading of the standard
 //! (alignment rounding applied run by run, zero-size members still moving `ub`); packing
 //! follows MPI-3.1 where Open MPI 4.1 packs wrongly (see `testing` for the cases).
@@ -52,7 +62,9 @@ mod commit;
 mod error;
 mod ir;
 mod layout;
+mod narrow;
 mod pack;
+mod parallel;
 #[cfg(test)]
 mod reference;
 mod stream;
@@ -64,4 +76,8 @@ pub use crate::commit::Committed;
 pub use crate::error::{PackError, TypeError};
 pub use crate::ir::Type;
 pub use crate::layout::{Block, Layout, Level};
+pub use crate::parallel::{
+    FERRY_PACK_PARALLEL_BYTES, FERRY_PACK_SPIN_US, FERRY_PACK_THREADS, pack_parallel_bytes,
+    pack_threads,
+};
 pub use crate::stream::{StreamThresholds, set_stream_thresholds, stream_thresholds};

@@ -11,6 +11,7 @@
 use proptest::prelude::*;
 
 use crate::array::{Darg, Distribution, Order};
+use crate::pack::Mode;
 use crate::testing::{Recipe, Rng, random_type, random_type_unrestricted};
 
 /// A recipe node with its extent, computed once.
@@ -351,7 +352,7 @@ fn check_pack(c: &Case) -> Result<(), TestCaseError> {
     // Again with every long block written by streaming stores.
     out.fill(POISON);
     c.committed
-        .pack_range_with(&c.src, c.origin, c.count, 0, &mut out, 0)
+        .pack_range_with(&c.src, c.origin, c.count, 0, &mut out, Mode::auto(0))
         .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
     prop_assert!(out == want, "streamed packed bytes differ\n{}", why());
     Ok(())
@@ -370,9 +371,14 @@ fn check_unpack(c: &Case) -> Result<(), TestCaseError> {
         let mut dst = vec![POISON; c.src.len()];
         match threshold {
             None => c.committed.unpack(&packed, &mut dst, c.origin, c.count),
-            Some(t) => c
-                .committed
-                .unpack_range_with(&packed, &mut dst, c.origin, c.count, 0, t),
+            Some(t) => c.committed.unpack_range_with(
+                &packed,
+                &mut dst,
+                c.origin,
+                c.count,
+                0,
+                Mode::auto(t),
+            ),
         }
         .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
         for i in 0..dst.len() {
@@ -414,10 +420,24 @@ fn check_ranges(c: &Case) -> Result<(), TestCaseError> {
         // Every other segment streams its long blocks.
         let threshold = if i % 2 == 0 { usize::MAX } else { 0 };
         c.committed
-            .pack_range_with(&c.src, c.origin, c.count, w[0], &mut seg, threshold)
+            .pack_range_with(
+                &c.src,
+                c.origin,
+                c.count,
+                w[0],
+                &mut seg,
+                Mode::auto(threshold),
+            )
             .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
         c.committed
-            .unpack_range_with(&seg, &mut pieces, c.origin, c.count, w[0], threshold)
+            .unpack_range_with(
+                &seg,
+                &mut pieces,
+                c.origin,
+                c.count,
+                w[0],
+                Mode::auto(threshold),
+            )
             .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
         joined.extend_from_slice(&seg);
     }
@@ -428,7 +448,56 @@ fn check_ranges(c: &Case) -> Result<(), TestCaseError> {
         why()
     );
     prop_assert!(pieces == whole, "segmented unpack differs\n{}", why());
+    // The same range split over threads (the path of large calls), into 1 to 6 segments.
+    let segments = 1 + rng.below(6);
+    let (first, end) = (cuts[1.min(cuts.len() - 1)].min(total), total);
+    let mut seg = vec![0u8; end - first];
+    c.committed
+        .pack_range_split(
+            &c.src,
+            c.origin,
+            c.count,
+            first,
+            &mut seg,
+            (split_pool(), segments),
+        )
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
+    prop_assert!(
+        seg == full[first..end],
+        "{} segments on threads differ\n{}",
+        segments,
+        why()
+    );
+    let (mut split, mut ranged) = (vec![POISON; c.src.len()], vec![POISON; c.src.len()]);
+    c.committed
+        .unpack_range_split(
+            &seg,
+            &mut split,
+            c.origin,
+            c.count,
+            first,
+            (split_pool(), segments),
+        )
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
+    c.committed
+        .unpack_range(&seg, &mut ranged, c.origin, c.count, first)
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", why())))?;
+    prop_assert!(
+        split == ranged,
+        "{} segments of unpack on threads differ\n{}",
+        segments,
+        why()
+    );
     Ok(())
+}
+
+/// Three workers for the split-range checks, shared by every case.
+fn split_pool() -> &'static crate::parallel::Pool {
+    static POOL: std::sync::OnceLock<crate::parallel::Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        crate::parallel::Pool::new(3, std::time::Duration::from_micros(20))
+            .expect("3 worker threads")
+    })
 }
 
 /// `cases` cases, or `PROPTEST_CASES` when set (for longer soak runs).
@@ -531,6 +600,13 @@ fn hand_picked_types_match_the_reference() {
         "hindexed([20,50], [0,100], named(4))",
         "hindexed([70,80], [0,300], named(4))",
         "hindexed([1,20,70], [0,8,100], named(4))",
+        // Narrow blocks at small strides (the SIMD kernels), long enough runs for them.
+        "vector(300, 1, 2, named(4))",
+        "vector(257, 1, 3, named(4))",
+        "hvector(130, 1, 16, named(8))",
+        "hvector(500, 1, 3, named(1))",
+        "hvector(3, 1, 5000, hvector(333, 1, 6, named(2)))",
+        "hvector(100, 1, 8, named(1))",
         // Ten levels with a count: more than a plan holds inline.
         "hvector(2, 1, 1361, hvector(2, 1, 673, hvector(2, 1, 331, hvector(2, 1, 163, \
          hvector(2, 1, 79, hvector(2, 1, 37, hvector(2, 1, 17, hvector(2, 1, 7, \

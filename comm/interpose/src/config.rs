@@ -1,4 +1,23 @@
 //! Every environment knob of the interposer, with its default, read once at MPI_Init.
+//!
+//! Two more are the datatype engine's, read once by `ferry-datatypes` at the first large pack
+//! or unpack, and apply to every packing the interposer does (sends, receives, MPI_Pack,
+//! MPI_Unpack); MPI_Init logs their values (`FERRY_LOG=info`):
+//! - `FERRY_PACK_THREADS` ([`ferry_datatypes::FERRY_PACK_THREADS`]): the threads that pack or
+//!   unpack one large message, the calling thread included. Default: the cores in the
+//!   process's affinity mask, at most 8, so a rank bound to one core (`mpirun --bind-to
+//!   core`) packs on one thread as before, and a rank given several
+//!   (`--map-by ppr:1:socket:PE=4 --bind-to core`) packs on all of them. `1` turns it off.
+//!   The threads are a pool of the engine's own, never the application's rayon pool.
+//!   Measured with `ferry-bench pingpong-ddt` on an H100 node's 16-core Xeon (bench/RESULTS.md):
+//!   the 1 MiB vector of 4-byte blocks went from 3.1-3.4x the contiguous time at one core
+//!   per rank to 1.74x at 4 and 1.46x at 8.
+//! - `FERRY_PACK_PARALLEL_BYTES` ([`ferry_datatypes::FERRY_PACK_PARALLEL_BYTES`]): the fewest
+//!   packed bytes a message needs to be split over those threads. Default 262144 (256 KiB).
+//! - `FERRY_PACK_SPIN_US` ([`ferry_datatypes::FERRY_PACK_SPIN_US`]): how long those threads
+//!   spin for the next message before they sleep. Default 1000; 0 sleeps at once, which
+//!   measured 2.09x contiguous instead of 1.46x at 8 cores per rank (waking a sleeping thread
+//!   of a virtual machine costs tens of microseconds per message).
 
 /// `FERRY_INTERPOSE`: `off` (or `0`, `false`) makes every export a pure pass-through to
 /// `PMPI_*`. Default: on.

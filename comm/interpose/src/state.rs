@@ -149,7 +149,12 @@ pub(crate) fn init() {
         detached_count: AtomicUsize::new(0),
         pool: Mutex::new(Vec::new()),
     });
-    tracing::info!(enabled = config.enabled, "ferry interposer active");
+    tracing::info!(
+        enabled = config.enabled,
+        pack_threads = ferry_datatypes::pack_threads(),
+        pack_parallel_bytes = ferry_datatypes::pack_parallel_bytes(),
+        "ferry interposer active"
+    );
 }
 
 /// The state, if ferry is initialised and enabled.
