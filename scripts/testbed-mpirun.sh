@@ -11,9 +11,6 @@
 #   --mca plm_rsh_agent scripts/testbed/rsh-agent.sh  --mca plm_rsh_no_tree_spawn 1
 #   --mca routed direct  --mca oob_tcp_if_include mgmt  --mca pml ob1  --mca btl tcp,self
 #   --mca btl_tcp_if_include $FERRY_TESTBED_RAILS (default fast,slow)
-#   -x FERRY_TCP_BUSY_POLL_US=50 when -np exceeds this machine's cores: each bed host looks like
-#   a machine of its own to Open MPI, so TcpComm cannot tell that its ranks share cores and
-#   would busy-poll 1 ms per receive (its default off an oversubscribed node)
 # Environment: FERRY_TESTBED_PREFIX, FERRY_TESTBED_DIR (as for testbed.sh),
 # FERRY_TESTBED_TIMEOUT (seconds before the job is killed, default 600).
 # Every process the job leaves in the bed's namespaces is ended on exit (they carry a per-run
@@ -59,14 +56,6 @@ mca oob_tcp_if_include mgmt
 mca pml ob1
 mca btl tcp,self
 mca btl_tcp_if_include "$rails"
-np=1
-for ((i = ${#user[@]} - 2; i >= 0; i--)); do # the first -np wins (the program may take -n)
-    case ${user[i]} in -np | --np | -n) np=${user[i + 1]} ;; esac
-done
-if [[ $np =~ ^[0-9]+$ ]] && [ "$np" -gt "$(nproc)" ] && [ -z "${FERRY_TCP_BUSY_POLL_US:-}" ] &&
-    [[ " ${user[*]} " != *" FERRY_TCP_BUSY_POLL_US"* ]]; then
-    args+=(-x FERRY_TCP_BUSY_POLL_US=50)
-fi
 
 # Every process of this job carries the marker; on exit, those left in the bed are ended.
 run_id="$$-$(date +%s%N)"

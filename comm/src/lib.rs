@@ -40,9 +40,8 @@ pub use crate::log::{FERRY_LOG, init_logging};
 pub use crate::mpi::{MpiComm, MpiRequest, MpiRuntime};
 pub use crate::scope::{RecvRequest, Scope, SendRequest, wait_all};
 pub use crate::tcp::{
-    BUSY_POLL_DEDICATED, BUSY_POLL_SHARED, FERRY_TCP_BUSY_POLL_US, FERRY_TCP_FAULTS,
-    FERRY_TCP_RAILS, FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, Fault, FaultInjector, TcpComm,
-    TcpConfig, TcpRequest,
+    DEFAULT_BUSY_POLL, FERRY_TCP_BUSY_POLL_US, FERRY_TCP_FAULTS, FERRY_TCP_RAILS,
+    FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, Fault, FaultInjector, TcpComm, TcpConfig, TcpRequest,
 };
 pub use crate::telemetry::{Record, Telemetry};
 pub use crate::thread::{ThreadComm, ThreadRequest};

@@ -19,13 +19,10 @@ pub const FERRY_TCP_FAULTS: &str = "FERRY_TCP_FAULTS";
 /// before it sleeps (see [`TcpConfig::busy_poll`]).
 pub const FERRY_TCP_BUSY_POLL_US: &str = "FERRY_TCP_BUSY_POLL_US";
 
-/// The busy-poll of a rank that has a core to itself: long enough to cover the reply of any
-/// small message (Open MPI's TCP transport busy-polls without limit), short enough that a rank
-/// waiting for a large transfer or a slow peer soon sleeps.
-pub const BUSY_POLL_DEDICATED: Duration = Duration::from_millis(1);
-/// The busy-poll where ranks share cores (Open MPI says so with `OMPI_MCA_mpi_oversubscribe=1`):
-/// a spinning receiver would take the core its sender needs.
-pub const BUSY_POLL_SHARED: Duration = Duration::from_micros(50);
+/// The default busy-poll: measured on the test bed (2 cores) and over loopback on a 16-core
+/// node, polling 1 ms instead was no faster at any size (bench/RESULTS.md), and a rank that
+/// polls takes a core the others may need.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 /// How a [`crate::TcpComm`] runs; see each field.
 #[derive(Clone, Debug)]
@@ -58,9 +55,8 @@ pub struct TcpConfig {
     /// How long a blocking receive of a short message, reading its peers' sockets itself,
     /// busy-polls them (`poll(2)` without a timeout) before it sleeps in `poll(2)`. Waking a
     /// sleeping thread costs tens of microseconds, as much as a small message's whole trip;
-    /// a busy-polling one takes a core. Default: [`BUSY_POLL_DEDICATED`], or
-    /// [`BUSY_POLL_SHARED`] when Open MPI launched this rank onto an oversubscribed node;
-    /// [`FERRY_TCP_BUSY_POLL_US`] overrides both.
+    /// a busy-polling one takes a core. Default: [`DEFAULT_BUSY_POLL`];
+    /// [`FERRY_TCP_BUSY_POLL_US`] overrides it.
     pub busy_poll: Duration,
 }
 
@@ -78,7 +74,7 @@ impl TcpConfig {
             stripe_min_bytes: 64 << 10,
             linger: Duration::from_secs(5),
             telemetry_capacity: crate::telemetry::DEFAULT_CAPACITY,
-            busy_poll: default_busy_poll(std::env::var("OMPI_MCA_mpi_oversubscribe").ok()),
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 
@@ -154,15 +150,6 @@ impl TcpConfig {
     }
 }
 
-/// The default busy-poll, given Open MPI's `OMPI_MCA_mpi_oversubscribe` for this rank ("1"
-/// when mpirun placed more ranks on the node than it has slots).
-fn default_busy_poll(oversubscribed: Option<String>) -> Duration {
-    match oversubscribed.as_deref() {
-        Some("1") => BUSY_POLL_SHARED,
-        _ => BUSY_POLL_DEDICATED,
-    }
-}
-
 /// A fresh random job token: 32 random bytes, hex-encoded (64 bytes).
 pub(crate) fn random_token() -> Result<Vec<u8>> {
     let mut raw = [0u8; 32];
@@ -193,13 +180,5 @@ mod tests {
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
         assert_eq!(random_token().unwrap().len(), 64);
         assert_ne!(random_token().unwrap(), random_token().unwrap());
-    }
-
-    #[test]
-    fn busy_poll_is_short_only_on_an_oversubscribed_node() {
-        assert_eq!(default_busy_poll(Some("1".into())), BUSY_POLL_SHARED);
-        assert_eq!(default_busy_poll(Some("0".into())), BUSY_POLL_DEDICATED);
-        assert_eq!(default_busy_poll(None), BUSY_POLL_DEDICATED);
-        assert!(BUSY_POLL_SHARED < BUSY_POLL_DEDICATED);
     }
 }

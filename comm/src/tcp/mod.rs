@@ -52,10 +52,8 @@
 //! completes another way while its thread sleeps in `poll(2)`, is seen within 10 ms; a reader
 //! task that stepped aside reads again within 2 ms (at once for a thread that sleeps on the
 //! engine, a blocking probe or a `test_raw`); non-blocking tests (`test_raw`) do not read
-//! sockets themselves; a short receive busy-polls `TcpConfig::busy_poll` (1 ms, or 50 us when
-//! Open MPI reports an oversubscribed node) before it sleeps, which costs a core meanwhile;
-//! an oversubscription Open MPI does not know of (network namespaces sharing cores) needs
-//! `FERRY_TCP_BUSY_POLL_US`. A rail that dies is not routed around (operations with that peer fail with
+//! sockets themselves; a short receive busy-polls `TcpConfig::busy_poll` (50 us) before it sleeps,
+//! which costs a core meanwhile. A rail that dies is not routed around (operations with that peer fail with
 //! `RailDown`; the sender would need to re-send the lost shares on a live rail); buffering of
 //! unexpected messages is bounded per message (`max_message_bytes`), not in total.
 
@@ -78,8 +76,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use self::config::{
-    BUSY_POLL_DEDICATED, BUSY_POLL_SHARED, FERRY_TCP_BUSY_POLL_US, FERRY_TCP_FAULTS,
-    FERRY_TCP_RAILS, FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, TcpConfig,
+    DEFAULT_BUSY_POLL, FERRY_TCP_BUSY_POLL_US, FERRY_TCP_FAULTS, FERRY_TCP_RAILS,
+    FERRY_TCP_TIMEOUT_MS, FERRY_TCP_TOKEN, TcpConfig,
 };
 pub use self::fault::{Fault, FaultInjector};
 
