@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ferry_comm::{Comm, Source, TagMatch};
 
 use crate::error::{Result, invalid};
-use crate::reduce::{Element, ReduceOp, combine_into};
+use crate::reduce::{Element, ReduceOp, combine_into, combine_into_ordered};
 
 /// Tags the collectives use (below the 32767 the standard guarantees).
 pub(crate) mod tags {
@@ -147,9 +147,7 @@ impl<'a, C: Comm> Run<'a, C> {
                 let (_, got) = self.timed(|| r.wait())?;
                 let got: &[T] = bytemuck::cast_slice(got);
                 // acc = incoming partial ⊕ own: the ring order of the module docs.
-                for (a, g) in dst.iter_mut().zip(got) {
-                    *a = T::combine(op, *g, *a);
-                }
+                combine_into_ordered(op, dst, got, true);
             }
             Ok(())
         })?
@@ -247,9 +245,7 @@ impl<'a, C: Comm> Run<'a, C> {
                     bytes_mut(&mut tmp),
                 )
             })?;
-            for (a, t) in buf.iter_mut().zip(&tmp) {
-                *a = T::combine(op, *t, *a); // x[2i] ⊕ x[2i+1]
-            }
+            combine_into_ordered(op, buf, &tmp, true); // x[2i] ⊕ x[2i+1]
             r / 2
         } else {
             r - extra
@@ -269,17 +265,8 @@ impl<'a, C: Comm> Run<'a, C> {
                     bytes_mut(&mut tmp),
                 )
             })?;
-            let (lo, hi): (&[T], &[T]) = if virt < (virt ^ d) {
-                (buf, &tmp)
-            } else {
-                (&tmp, buf)
-            };
-            let combined: Vec<T> = lo
-                .iter()
-                .zip(hi)
-                .map(|(a, b)| T::combine(op, *a, *b))
-                .collect();
-            buf.copy_from_slice(&combined);
+            // The lower virtual rank's data first, on both sides, so both compute the same bits.
+            combine_into_ordered(op, buf, &tmp, virt > (virt ^ d));
             d <<= 1;
         }
         // 3. Unfold: hand the result back to the rank that sat out.

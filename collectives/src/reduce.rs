@@ -54,6 +54,7 @@ macro_rules! int_element {
     ($t:ty) => {
         impl Element for $t {
             const NAME: &'static str = stringify!($t);
+            #[inline]
             fn combine(op: ReduceOp, a: Self, b: Self) -> Self {
                 match op {
                     ReduceOp::Sum => a.wrapping_add(b),
@@ -78,6 +79,7 @@ macro_rules! float_element {
     ($t:ty) => {
         impl Element for $t {
             const NAME: &'static str = stringify!($t);
+            #[inline]
             fn combine(op: ReduceOp, a: Self, b: Self) -> Self {
                 match op {
                     ReduceOp::Sum => a + b,
@@ -102,6 +104,7 @@ macro_rules! half_element {
     ($t:ty) => {
         impl Element for $t {
             const NAME: &'static str = stringify!($t);
+            #[inline]
             fn combine(op: ReduceOp, a: Self, b: Self) -> Self {
                 <$t>::from_f32(f32::combine(op, a.to_f32(), b.to_f32()))
             }
@@ -119,9 +122,44 @@ half_element!(bf16);
 
 /// `acc[i] = acc[i] ⊕ other[i]`; the slices have equal lengths.
 pub(crate) fn combine_into<T: Element>(op: ReduceOp, acc: &mut [T], other: &[T]) {
+    combine_into_ordered(op, acc, other, false);
+}
+
+/// `acc[i] = acc[i] ⊕ other[i]`, or `other[i] ⊕ acc[i]` with `other_first` (the algorithms'
+/// documented operand order); the slices have equal lengths. The operator is chosen once per
+/// call, not per element, so each loop compiles to vector instructions.
+pub(crate) fn combine_into_ordered<T: Element>(
+    op: ReduceOp,
+    acc: &mut [T],
+    other: &[T],
+    other_first: bool,
+) {
     debug_assert_eq!(acc.len(), other.len());
-    for (a, b) in acc.iter_mut().zip(other) {
-        *a = T::combine(op, *a, *b);
+    #[inline(always)]
+    fn each<T: Copy>(acc: &mut [T], other: &[T], other_first: bool, f: impl Fn(T, T) -> T) {
+        if other_first {
+            for (a, b) in acc.iter_mut().zip(other) {
+                *a = f(*b, *a);
+            }
+        } else {
+            for (a, b) in acc.iter_mut().zip(other) {
+                *a = f(*a, *b);
+            }
+        }
+    }
+    match op {
+        ReduceOp::Sum => each(acc, other, other_first, |a, b| {
+            T::combine(ReduceOp::Sum, a, b)
+        }),
+        ReduceOp::Min => each(acc, other, other_first, |a, b| {
+            T::combine(ReduceOp::Min, a, b)
+        }),
+        ReduceOp::Max => each(acc, other, other_first, |a, b| {
+            T::combine(ReduceOp::Max, a, b)
+        }),
+        ReduceOp::Prod => each(acc, other, other_first, |a, b| {
+            T::combine(ReduceOp::Prod, a, b)
+        }),
     }
 }
 
